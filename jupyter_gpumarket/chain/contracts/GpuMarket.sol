@@ -72,14 +72,14 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     struct Provider {
         // slot 0
         address owner;
-        uint32 openLeases;
-        uint32 openDisputes;
+        uint16 openLeases;
+        uint16 openDisputes;
         uint16 gpuCount;
         bool active;
+        uint32 leasesCompleted; // here, not in slot 1: closeLease then writes one slot
         // slot 1
         uint128 stake;
         uint40 unstakeReadyAt; // 0 = no unstake requested
-        uint32 leasesCompleted;
         uint32 leasesRejected;
         uint16 disputesLost;
         // slot 2
@@ -120,7 +120,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     error ProviderInactive(uint32 providerId);
     error UnstakeNotRequested(uint32 providerId);
     error UnstakeNotReady(uint40 readyAt);
-    error ProviderBusy(uint32 openLeases, uint32 openDisputes);
+    error ProviderBusy(uint16 openLeases, uint16 openDisputes);
     error OrderNotFound(uint64 orderId);
     error NotOrderTenant(uint64 orderId, address caller);
     error OrderNotOpen(uint64 orderId);
@@ -211,20 +211,24 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     event DisputeOpened(uint256 indexed leaseId, bytes32 evidenceHash);
     event DisputeResolved(uint256 indexed leaseId, bool providerAtFault, uint128 slashed);
     event FeeChanged(uint16 bps, address treasury);
-    event ParamsChanged(uint128 minStake, uint32 unstakeDelay, uint32 attestationGrace, uint32 disputeWindow);
+    event ParamsChanged(uint128 minStake, uint32 unstakeDelay, uint32 disputeWindow);
 
     IERC20 public immutable token;
+    /// Seconds after a lease starts during which the tenant may reject it with a full refund.
+    /// Immutable: withdraw() reads it on every call, and a deployment constant costs no storage read.
+    uint32 public immutable attestationGrace;
 
     uint128 public minStake;
     uint32 public unstakeDelay;
-    uint32 public attestationGrace;
     uint32 public disputeWindow;
-    uint16 public feeBps;
-    address public treasury;
 
+    address public treasury;
+    uint16 public feeBps; // same slot as treasury: one read when paying a fee
+
+    // One slot for the three counters, so each increment is a warm-ish nonzero write.
     uint64 public orderCount;
     uint32 public providerCount;
-    uint256 public bidCount;
+    uint128 public bidCount;
 
     mapping(uint32 => Provider) private _providers;
     mapping(address => uint32) public providerIdOf;
@@ -247,28 +251,26 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
         _grantRole(DEFAULT_ADMIN_ROLE, admin);
         _grantRole(ARBITER_ROLE, admin);
         _grantRole(PAUSER_ROLE, admin);
-        _setParams(minStake_, unstakeDelay_, attestationGrace_, disputeWindow_);
+        attestationGrace = attestationGrace_;
+        _setParams(minStake_, unstakeDelay_, disputeWindow_);
     }
 
     // =====================================================================
     // Administration
     // =====================================================================
 
-    function setParams(uint128 minStake_, uint32 unstakeDelay_, uint32 attestationGrace_, uint32 disputeWindow_)
+    function setParams(uint128 minStake_, uint32 unstakeDelay_, uint32 disputeWindow_)
         external
         onlyRole(DEFAULT_ADMIN_ROLE)
     {
-        _setParams(minStake_, unstakeDelay_, attestationGrace_, disputeWindow_);
+        _setParams(minStake_, unstakeDelay_, disputeWindow_);
     }
 
-    function _setParams(uint128 minStake_, uint32 unstakeDelay_, uint32 attestationGrace_, uint32 disputeWindow_)
-        private
-    {
+    function _setParams(uint128 minStake_, uint32 unstakeDelay_, uint32 disputeWindow_) private {
         minStake = minStake_;
         unstakeDelay = unstakeDelay_;
-        attestationGrace = attestationGrace_;
         disputeWindow = disputeWindow_;
-        emit ParamsChanged(minStake_, unstakeDelay_, attestationGrace_, disputeWindow_);
+        emit ParamsChanged(minStake_, unstakeDelay_, disputeWindow_);
     }
 
     function setFee(uint16 bps, address treasury_) external onlyRole(DEFAULT_ADMIN_ROLE) {
