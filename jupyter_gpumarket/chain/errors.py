@@ -17,7 +17,7 @@ import re
 from typing import Any, ClassVar
 
 from eth_abi import decode as abi_decode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 from ..errors import GpuMarketError, InsufficientFunds, InvalidRequest, NotAuthorized, NotFound, WrongState
 
@@ -150,7 +150,7 @@ class ErrorDecoder:
             return UnknownRevert(reason=fallback or (raw.hex() if raw else "no reason given"))
         name, types, names = found
         values = abi_decode(types, raw[4:])
-        fields = {n: _plain(v) for n, v in zip(names, values)}
+        fields = {n: _plain(t, v) for n, t, v in zip(names, types, values)}
         cls = ERRORS.get(name)
         if cls is None:
             return UnknownRevert(reason=f"{name}({', '.join(f'{k}={v}' for k, v in fields.items())})")
@@ -164,7 +164,9 @@ def _abi_type(param: dict) -> str:
     return param["type"]
 
 
-def _plain(value: Any) -> Any:
+def _plain(abi_type: str, value: Any) -> Any:
+    if abi_type == "address":
+        return to_checksum_address(value)
     if isinstance(value, bytes):
         return "0x" + value.hex()
     return value

@@ -1,0 +1,154 @@
+"""The command-line lease demo: one lease, end to end, on a private devnet.
+
+Two providers register and bid on a tenant's order, the cheaper one wins,
+ten minutes pass (anvil's clock), the provider withdraws, the tenant closes.
+Each step prints its gas; at the end the balances must add up to the base
+unit, or the demo fails.
+
+``run_lifecycle`` is also what ``bench/gas.py`` measures.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .chain import Devnet, DevnetParams
+from .chain.devnet import TOKEN_UNIT
+from .spec import GpuSpec, HardwareClaim, Money
+
+DEMO_PROVIDERS = {
+    "provider0": (HardwareClaim("NVIDIA H100 80GB HBM3", 8, 80, 989.0), "eu-west", 2_900_000),
+    "provider1": (HardwareClaim("NVIDIA A100-SXM4-80GB", 4, 80, 312.0), "eu-west", 2_400_000),
+}
+
+
+@dataclass
+class LifecycleResult:
+    gas: dict[str, int] = field(default_factory=dict)
+    tx_hashes: dict[str, str] = field(default_factory=dict)
+    balances_before: dict[str, int] = field(default_factory=dict)
+    balances_after: dict[str, int] = field(default_factory=dict)
+    lease_id: int = 0
+    winner: str = ""
+    paid: int = 0
+    refunded: int = 0
+    fee: int = 0
+    deposit: int = 0
+
+    @property
+    def lifecycle_gas(self) -> int:
+        """createOrder + one placeBid + acceptBids + withdraw + closeLease (the lease's own path)."""
+        return sum(self.gas[k] for k in ("createOrder", "placeBid", "acceptBids", "withdraw", "closeLease"))
+
+
+def run_lifecycle(net: Devnet, say: Callable[[str], None] = lambda _: None, seconds: int = 600) -> LifecycleResult:
+    """Register two providers, order 2 GPUs, accept the cheaper bid, stream, withdraw, close."""
+    result = LifecycleResult()
+    tenant = net.client("tenant")
+    market = tenant.market.address
+    roles = ["tenant", *DEMO_PROVIDERS]
+    result.balances_before = {r: tenant.balance(net.info.addresses[r]) for r in roles} | {
+        "market": tenant.balance(market)
+    }
+
+    def step(name: str, tx) -> None:
+        result.gas[name] = tx.gas_used
+        result.tx_hashes[name] = tx.hash
+        say(f"  {name:<16} gas {tx.gas_used:>7,}  tx {tx.hash[:18]}…")
+
+    say("1. providers register with a stake")
+    stake = net.client("deployer").params()["min_stake"]
+    for role, (claim, region, _) in DEMO_PROVIDERS.items():
+        client = net.client(role)
+        step("approve", client.approve(stake))
+        step("registerProvider", client.register_provider(claim, region, f"tls://{role}.devnet:8786", stake))
+        say(f"  {role}: {claim.gpu_count}x {claim.gpu_model}, stake {Money(stake)}")
+
+    spec = GpuSpec(count=2, model="H100|A100", min_memory_gib=40)
+    max_price, hours = 3 * TOKEN_UNIT, 1
+    deposit = max_price * spec.count * hours
+    say(f"2. tenant orders {spec.count} GPUs matching {spec.model!r} at ≤ {Money(max_price)}/GPU-h, deposit {Money(deposit)}")
+    step("approve", tenant.approve(deposit))
+    order_tx = tenant.create_order(spec, max_price, 3600 * hours, 60, deposit, b"\x01" * 32)
+    step("createOrder", order_tx)
+    order_id = order_tx.result
+
+    say("3. providers bid (reverse auction)")
+    bids = {}
+    for role, (claim, _, price) in DEMO_PROVIDERS.items():
+        bid_tx = net.client(role).place_bid(order_id, price, spec.count, b"\x02" * 32, f"tls://{role}.devnet:8786")
+        step("placeBid", bid_tx)
+        bids[role] = (bid_tx.result, price)
+        say(f"  {role} bids {Money(price)}/GPU-h → bid {bid_tx.result}")
+
+    winner = min(bids, key=lambda r: bids[r][1])
+    lease_id, price = bids[winner]
+    say(f"4. tenant accepts the cheaper bid: {winner} at {Money(price)}/GPU-h")
+    step("acceptBids", tenant.accept_bids(order_id, [lease_id]))
+    lease = tenant.lease(lease_id)
+    say(f"  lease {lease_id}: deposit {Money(lease.deposit)} streams {Money(price * spec.count)}/h")
+
+    say(f"5. {seconds // 60} minutes pass on the chain's clock")
+    net.advance(seconds)
+    provider = net.client(winner)
+    withdraw_tx = provider.withdraw(lease_id)
+    step("withdraw", withdraw_tx)
+    say(f"  {winner} withdraws {Money(withdraw_tx.result)}")
+
+    net.advance(60)
+    say("6. tenant closes the lease early; the rest is refunded")
+    close_tx = tenant.close_lease(lease_id)
+    step("closeLease", close_tx)
+    closed = close_tx.result
+    step("closeOrder", tenant.close_order(order_id))
+
+    result.balances_after = {r: tenant.balance(net.info.addresses[r]) for r in roles} | {"market": tenant.balance(market)}
+    result.lease_id, result.winner, result.deposit = lease_id, winner, lease.deposit
+    result.paid = withdraw_tx.events["PaymentWithdrawn"][0]["amount"] - withdraw_tx.events["PaymentWithdrawn"][0]["fee"]
+    result.paid += closed["paid"]
+    result.fee = withdraw_tx.events["PaymentWithdrawn"][0]["fee"] + closed["fee"]
+    result.refunded = closed["refunded"]
+    return result
+
+
+def check_balances(result: LifecycleResult, stake_total: int) -> list[str]:
+    """Every base unit accounted for; returns the problems (empty when it adds up)."""
+    before, after = result.balances_before, result.balances_after
+    problems = []
+    tenant_spent = before["tenant"] - after["tenant"]
+    if tenant_spent != result.paid + result.fee:
+        problems.append(f"tenant spent {tenant_spent} but provider+fee got {result.paid + result.fee}")
+    if result.paid + result.fee + result.refunded != result.deposit:
+        problems.append("paid + fee + refunded != deposit")
+    earned = after[result.winner] - before[result.winner] + stake_total // len(DEMO_PROVIDERS)
+    if earned != result.paid:
+        problems.append(f"{result.winner} earned {earned}, expected {result.paid}")
+    if after["market"] - before["market"] != stake_total:
+        problems.append(f"market holds {after['market'] - before['market']}, owes the stakes {stake_total}")
+    return problems
+
+
+def main(say: Callable[[str], None] = print) -> int:
+    say("Starting a private devnet (anvil) and deploying TestDollar + GpuMarket…")
+    with tempfile.TemporaryDirectory(prefix="gpumarket-demo-") as state, Devnet.up(
+        state_dir=state, params=DevnetParams(providers=2)
+    ) as net:
+        say(f"  chain {net.info.chain_id} at {net.info.rpc_url}, market {net.info.market}")
+        result = run_lifecycle(net, say)
+        stake_total = net.client("deployer").params()["min_stake"] * len(DEMO_PROVIDERS)
+        say("7. final balances (TUSD)")
+        for who in result.balances_after:
+            delta = result.balances_after[who] - result.balances_before[who]
+            say(f"  {who:<10} {Money(result.balances_after[who])!s:>22}  change {delta:+,} base units")
+        say(
+            f"  lease {result.lease_id}: deposit {result.deposit:,} = paid {result.paid:,} + fee {result.fee:,}"
+            f" + refunded {result.refunded:,}"
+        )
+        say(f"  gas for the lease's lifecycle: {result.lifecycle_gas:,}")
+        problems = check_balances(result, stake_total)
+        for problem in problems:
+            say(f"  MISMATCH: {problem}")
+        say("Balances add up to the base unit." if not problems else "Balances do NOT add up.")
+        return 1 if problems else 0
