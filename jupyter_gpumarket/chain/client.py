@@ -325,6 +325,12 @@ class MarketClient:
         tx = self._send(self.market.functions.closeLease(lease_id))
         return _with_result(tx, tx.event("LeaseClosed"))
 
+    def close_lease_at_heartbeat(self, lease_id: int, signed_heartbeat) -> Tx:
+        """Close a lease whose provider went silent; payment stops at this signed heartbeat."""
+        hb = signed_heartbeat.heartbeat
+        tx = self._send(self.market.functions.closeLeaseAtHeartbeat(lease_id, hb.as_tuple(), signed_heartbeat.signature))
+        return _with_result(tx, tx.event("LeaseClosed"))
+
     def top_up(self, lease_id: int, amount: int, extra_seconds: int = 0, approve: bool = False) -> Tx:
         if approve:
             self.approve(amount)

@@ -7,6 +7,8 @@ import {SafeERC20} from "@openzeppelin/contracts/token/ERC20/utils/SafeERC20.sol
 import {AccessControl} from "@openzeppelin/contracts/access/AccessControl.sol";
 import {Pausable} from "@openzeppelin/contracts/utils/Pausable.sol";
 import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/ReentrancyGuardTransient.sol";
+import {EIP712} from "@openzeppelin/contracts/utils/cryptography/EIP712.sol";
+import {ECDSA} from "@openzeppelin/contracts/utils/cryptography/ECDSA.sol";
 
 /// @title GpuMarket
 /// @notice A reverse auction for GPU time with per-second streaming escrow.
@@ -23,13 +25,15 @@ import {ReentrancyGuardTransient} from "@openzeppelin/contracts/utils/Reentrancy
 ///
 /// Storage is kept small on the hot paths: a bid is one slot, and the bid's slot is
 /// reused by the lease it becomes (bid id == lease id). Strings live in events only.
-contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
+contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 {
     using SafeERC20 for IERC20;
 
     bytes32 public constant ARBITER_ROLE = keccak256("ARBITER_ROLE");
     bytes32 public constant PAUSER_ROLE = keccak256("PAUSER_ROLE");
     uint16 public constant MAX_FEE_BPS = 1_000; // 10%
     uint256 private constant SECONDS_PER_HOUR = 3600;
+    bytes32 public constant HEARTBEAT_TYPEHASH =
+        keccak256("Heartbeat(uint256 leaseId,uint64 seq,uint64 timestamp,uint16 gpuUtilBps)");
 
     enum DealStatus {
         None,
@@ -94,6 +98,14 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
         uint32 tflopsX100; // claimed dense throughput, TFLOPS x 100
     }
 
+    /// Signed by the provider's account (EIP-712) every few seconds while its workers live.
+    struct Heartbeat {
+        uint256 leaseId;
+        uint64 seq;
+        uint64 timestamp;
+        uint16 gpuUtilBps;
+    }
+
     struct OrderParams {
         uint16 gpus;
         uint32 minMemoryGiB;
@@ -146,6 +158,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
     error DisputeAlreadyOpen(uint256 leaseId);
     error NoOpenDispute(uint256 leaseId);
     error DisputeWindowOver(uint256 leaseId, uint40 closedAt);
+    error InvalidHeartbeat(uint256 leaseId, address signer);
 
     // ---- state changes --------------------------------------------------
     event ProviderRegistered(
@@ -244,7 +257,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
         uint32 unstakeDelay_,
         uint32 attestationGrace_,
         uint32 disputeWindow_
-    ) {
+    ) EIP712("GpuMarket", "1") {
         if (address(token_) == address(0) || admin == address(0)) revert ZeroAddress();
         token = token_;
         treasury = admin;
@@ -541,23 +554,57 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient {
         }
         address tenant = _orders[d.orderId].tenant;
         Provider storage p = _providers[d.providerId];
-        address owner = p.owner;
         uint40 endedAt = _effectiveEnd(d);
         if (msg.sender != tenant) {
-            if (msg.sender != owner) revert NotLeaseParty(leaseId, msg.sender);
+            if (msg.sender != p.owner) revert NotLeaseParty(leaseId, msg.sender);
             if (block.timestamp < endedAt) revert LeaseNotEnded(leaseId, endedAt);
         }
         if (block.timestamp < endedAt) endedAt = uint40(block.timestamp);
+        _settle(leaseId, d, p, tenant, endedAt);
+    }
+
+    /// Tenant closes a lease whose provider went silent: payment stops at the
+    /// provider's last heartbeat, proven by the provider's own signature over it.
+    function closeLeaseAtHeartbeat(uint256 leaseId, Heartbeat calldata heartbeat, bytes calldata signature)
+        external
+        nonReentrant
+    {
+        Deal storage d = _deals[leaseId];
+        if (d.status != DealStatus.Active) revert LeaseNotActive(leaseId);
+        address tenant = _orders[d.orderId].tenant;
+        if (msg.sender != tenant) revert NotLeaseTenant(leaseId, msg.sender);
+        Provider storage p = _providers[d.providerId];
+        address signer = ECDSA.recover(heartbeatDigest(heartbeat), signature);
+        if (
+            signer != p.owner || heartbeat.leaseId != leaseId || heartbeat.timestamp < d.startedAt
+                || heartbeat.timestamp > block.timestamp
+        ) revert InvalidHeartbeat(leaseId, signer);
+        uint40 endedAt = _effectiveEnd(d);
+        if (heartbeat.timestamp < endedAt) endedAt = uint40(heartbeat.timestamp);
+        _settle(leaseId, d, p, tenant, endedAt);
+    }
+
+    /// The EIP-712 digest a provider signs for a heartbeat.
+    function heartbeatDigest(Heartbeat calldata hb) public view returns (bytes32) {
+        return _hashTypedDataV4(
+            keccak256(abi.encode(HEARTBEAT_TYPEHASH, hb.leaseId, hb.seq, hb.timestamp, hb.gpuUtilBps))
+        );
+    }
+
+    /// Pay the provider what accrued until `endedAt` (never less than it already
+    /// withdrew) and refund the tenant the rest of the deposit.
+    function _settle(uint256 leaseId, Deal storage d, Provider storage p, address tenant, uint40 endedAt) private {
         uint104 deposit = d.deposit;
-        uint104 total = _accrued(d, endedAt);
         uint104 withdrawn = d.withdrawn;
+        uint104 total = _accrued(d, endedAt);
+        if (total < withdrawn) total = withdrawn;
         d.status = DealStatus.Closed;
         d.endsAt = endedAt;
         d.withdrawn = total;
         p.openLeases -= 1;
         p.leasesCompleted += 1;
         uint104 due = total - withdrawn;
-        uint104 fee = due > 0 ? _payProvider(owner, due) : 0;
+        uint104 fee = due > 0 ? _payProvider(p.owner, due) : 0;
         uint104 refund = deposit - total;
         if (refund > 0) token.safeTransfer(tenant, refund);
         emit LeaseClosed(leaseId, msg.sender, total, due - fee, fee, refund, endedAt);
