@@ -7,10 +7,12 @@ thread, so a plain thread-based provider agent drives it through a small sync
 API (:meth:`~LeaseRuntime.start`, :meth:`~LeaseRuntime.close`), and killing
 the provider process kills its workers with it.
 
-On a GPU box with ``dask_cuda`` installed the workers are
-``dask_cuda.CUDAWorker`` (one nanny per GPU); everywhere else they are plain
-``distributed.Worker`` objects in this process that declare a simulated
-:class:`GpuProfile`.
+On a GPU box with ``dask_cuda`` installed each GPU gets a nanny-managed
+worker process pinned to it (``CUDA_VISIBLE_DEVICES`` rotated and the
+``dask_cuda.initialize`` preload, as ``dask_cuda.CUDAWorker`` does; built
+directly so that resources, name and profile plugin reach every worker).
+Everywhere else the workers are plain ``distributed.Worker`` objects in this
+process (threads, no nanny) that declare a simulated :class:`GpuProfile`.
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ from typing import Any
 
 from distributed import Scheduler, Security, Worker
 from distributed.diagnostics.plugin import WorkerPlugin
-from distributed.utils import get_ip  # noqa: F401  (kept for callers that want the default host)
 
 from jupyter_gpumarket.errors import InvalidRequest, WrongState
 
@@ -123,6 +124,16 @@ class GpuProfilePlugin(WorkerPlugin):
         worker.lease_id = self.lease_id
 
 
+class _ProfileInfo:
+    """Picklable ``startup_information`` callable: the profile as a dict."""
+
+    def __init__(self, profile: GpuProfile):
+        self.profile = profile
+
+    def __call__(self, worker) -> dict[str, Any]:
+        return self.profile.to_dict()
+
+
 def worker_profile(dask_worker=None) -> dict[str, Any]:
     """The GPU profile a worker declares; use as ``client.run(worker_profile)``."""
     if dask_worker is None:
@@ -182,7 +193,7 @@ class LeaseRuntime:
         self.use_cuda = _cuda_available() if use_cuda is None else use_cuda
         self._given_scheduler = scheduler_address
         self._scheduler: Scheduler | None = None
-        self._workers: list[Any] = []  # Worker, or CUDAWorker on GPUs
+        self._workers: list[Any] = []  # Worker, or Nanny (one per GPU) with dask_cuda
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -215,6 +226,7 @@ class LeaseRuntime:
                     if pending:
                         loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
                     loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.run_until_complete(loop.shutdown_default_executor())
                 loop.close()
 
         self._loop = loop
@@ -289,8 +301,8 @@ class LeaseRuntime:
             if isinstance(w, Worker):
                 if w.address:
                     out.append(w.address)
-            else:  # CUDAWorker: one nanny per GPU
-                out.extend(n.worker_address for n in getattr(w, "nannies", []) if n.worker_address)
+            elif getattr(w, "worker_address", None):  # Nanny on GPU providers
+                out.append(w.worker_address)
         return out
 
     @property
@@ -301,12 +313,8 @@ class LeaseRuntime:
         if self._scheduler is not None and self._scheduler.status.name != "running":
             return False
         for w in self._workers:
-            status = getattr(w, "status", None)
-            if status is not None and getattr(status, "name", "running") not in ("running", "paused"):
+            if w.status.name not in ("running", "paused"):
                 return False
-            for n in getattr(w, "nannies", []):
-                if n.status.name != "running":
-                    return False
         return bool(self._workers)
 
     # -- on the loop ---------------------------------------------------------
@@ -328,52 +336,47 @@ class LeaseRuntime:
             if bokeh:
                 port = self._scheduler.http_server.port
                 self.dashboard_link = f"http://{self.host}:{port}/status"
-        address = self.scheduler_address
         plugin = GpuProfilePlugin(self.profile, self.lease_id)
-        startup = {PROFILE_PLUGIN: lambda w, p=self.profile.to_dict(): p}
+        common = dict(
+            host=self.host,
+            protocol="tls",
+            nthreads=1,
+            resources={"GPU": 1},
+            security=self.security,
+            plugins={plugin},
+            startup_information={PROFILE_PLUGIN: _ProfileInfo(self.profile)},
+            death_timeout=self.timeout,
+            validate=False,
+        )
         if self.use_cuda:
-            from dask_cuda import CUDAWorker  # optional; only on GPU providers
+            # One nanny-managed worker process per GPU, as dask_cuda.CUDAWorker
+            # does, built directly so that resources/plugins reach the worker.
+            from dask_cuda.utils import cuda_visible_devices  # optional; GPU providers only
+            from distributed import Nanny
 
-            worker = CUDAWorker(
-                address,
-                host=self.host,
-                nthreads=1,
-                name=f"lease-{self.lease_id}-gpu",  # CUDAWorker appends -{i} per GPU
-                resources={"GPU": 1},
-                security=self.security,
-                plugins={plugin},
-                startup_information=startup,
-                death_timeout=self.timeout,
-                CUDA_VISIBLE_DEVICES=os.environ.get("CUDA_VISIBLE_DEVICES"),
-            )
-            self._workers.append(worker)
-            await asyncio.wait_for(worker, self.timeout)
-        else:
             new = [
-                Worker(
-                    address,
-                    host=self.host,
-                    protocol="tls",
-                    nthreads=1,
+                Nanny(
+                    self.scheduler_address,
                     name=f"lease-{self.lease_id}-gpu-{i}",
-                    resources={"GPU": 1},
-                    security=self.security,
-                    plugins={plugin},
-                    startup_information=startup,
-                    death_timeout=self.timeout,
-                    validate=False,
+                    env={"CUDA_VISIBLE_DEVICES": cuda_visible_devices(i)},
+                    preload=["dask_cuda.initialize"],
+                    **common,
                 )
                 for i in range(self.gpus)
             ]
-            self._workers.extend(new)
-            await asyncio.wait_for(asyncio.gather(*(w.start() for w in new)), self.timeout)
+        else:
+            new = [
+                Worker(self.scheduler_address, name=f"lease-{self.lease_id}-gpu-{i}", **common)
+                for i in range(self.gpus)
+            ]
+        self._workers.extend(new)
+        await asyncio.wait_for(asyncio.gather(*(w.start() for w in new)), self.timeout)
 
     async def _aclose(self) -> None:
         workers, self._workers = self._workers, []
         if workers:
             await asyncio.gather(
-                *(w.close(reason=f"lease {self.lease_id} closed") if isinstance(w, Worker) else w.close()
-                  for w in workers),
+                *(w.close(reason=f"lease {self.lease_id} closed") for w in workers),
                 return_exceptions=True,
             )
         if self._scheduler is not None:
