@@ -5,6 +5,8 @@
     gpumarket devnet down                            stop it
     gpumarket deploy --rpc URL --keystore FILE       deploy GpuMarket to any EVM chain
     gpumarket demo                                   one lease end to end on a private devnet
+    gpumarket provider run --devnet --account provider0 --gpu-model "H100" --price 2.50 ...
+                                                     serve GPUs (real ones via NVML, or a declared profile)
 
 Errors of this package print as one line (``error: ...``) with exit code 2;
 the private key never reaches the terminal.
@@ -18,7 +20,7 @@ import json
 import os
 import sys
 
-from .errors import GpuMarketError
+from .errors import GpuMarketError, InvalidRequest
 
 
 def _devnet(args: argparse.Namespace) -> int:
@@ -79,6 +81,42 @@ def _demo(args: argparse.Namespace) -> int:
     return demo.main()
 
 
+def _provider_run(args: argparse.Namespace) -> int:
+    import logging
+
+    from .chain.accounts import Signer
+    from .chain.client import MarketClient
+    from .chain.devnet import Devnet
+    from .cluster.runtime import GpuProfile
+    from .market.pricing import strategy_from_name
+    from .market.provider import ProviderAgent
+    from .spec import Money
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if args.devnet:
+        net = Devnet.load(args.state_dir)
+        client = net.client(args.account)
+    else:
+        if not (args.rpc and args.market):
+            raise InvalidRequest("without --devnet, pass --rpc and --market (and an account in the environment)")
+        client = MarketClient.connect(args.rpc, args.market, Signer.from_env())
+    decimals = client.token_decimals()
+    profile = GpuProfile.detect(tflops=args.tflops or 0.0)
+    gpus = args.gpus
+    if profile is None:  # no NVIDIA GPU here: serve CPU workers under a declared profile
+        if not args.gpu_model:
+            raise InvalidRequest("no NVIDIA GPU found; declare the simulated profile with --gpu-model, --memory-gib, --tflops")
+        profile = GpuProfile(args.gpu_model, args.memory_gib, args.tflops, simulated=True)
+    else:
+        gpus = gpus or GpuProfile.gpu_count()
+    floor = Money.parse(args.price, decimals).amount
+    ceiling = Money.parse(args.ceiling, decimals).amount if args.ceiling else None
+    agent = ProviderAgent(client, profile, strategy_from_name(args.strategy, floor, ceiling), gpus=gpus or 1,
+                          region=args.region, host=args.host, port=args.port)
+    agent.run_forever()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpumarket", description="Rent GPUs from a decentralised market.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -100,6 +138,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="one lease end to end on a private devnet")
     demo.set_defaults(func=_demo)
+
+    provider = sub.add_parser("provider", help="serve GPUs on the market")
+    provider.add_argument("action", choices=["run"])
+    provider.add_argument("--devnet", action="store_true", help="use the recorded devnet and one of its accounts")
+    provider.add_argument("--account", default="provider0", help="devnet account role (with --devnet)")
+    provider.add_argument("--state-dir", default=None, help="devnet state directory")
+    provider.add_argument("--rpc", default=None, help="JSON-RPC URL (without --devnet)")
+    provider.add_argument("--market", default=None, help="GpuMarket address (without --devnet)")
+    provider.add_argument("--gpu-model", default="", help="declared GPU model when no NVIDIA GPU is present")
+    provider.add_argument("--gpus", type=int, default=0, help="GPUs to offer (default: all detected, or 1)")
+    provider.add_argument("--memory-gib", type=int, default=24, help="declared memory per GPU")
+    provider.add_argument("--tflops", type=float, default=0.0, help="claimed dense TFLOPS per GPU")
+    provider.add_argument("--price", default="2.00", help="floor price per GPU-hour, in tokens (e.g. 2.50)")
+    provider.add_argument("--ceiling", default=None, help="ceiling price for --strategy utilisation")
+    provider.add_argument("--strategy", default="floor", choices=["floor", "utilisation", "undercut"])
+    provider.add_argument("--region", default="")
+    provider.add_argument("--host", default="127.0.0.1", help="address tenants reach this machine at")
+    provider.add_argument("--port", type=int, default=0, help="control endpoint port (default: a free one)")
+    provider.set_defaults(func=_provider_run)
     return parser
 
 

@@ -39,3 +39,7 @@ class WrongState(GpuMarketError, RuntimeError):
 
 class ChainUnavailable(GpuMarketError, ConnectionError):
     """No chain answers at the configured RPC URL, or it is the wrong chain."""
+
+
+class ProviderUnreachable(GpuMarketError, ConnectionError):
+    """A provider's control endpoint or workers do not answer."""

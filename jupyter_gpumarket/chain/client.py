@@ -213,7 +213,7 @@ class MarketClient:
         if not logs:
             return {}
         last = max(logs, key=lambda log: (log["blockNumber"], log["logIndex"]))["args"]
-        return {"gpu_model": last["claim"][0], "region": last["region"], "endpoint": last["endpoint"]}
+        return {"gpu_model": last["claim"]["gpuModel"], "region": last["region"], "endpoint": last["endpoint"]}
 
     # -- orders ---------------------------------------------------------------
 
@@ -386,12 +386,13 @@ class MarketClient:
         """Timestamp of the latest block (the contract's clock)."""
         return self.w3.eth.get_block("latest")["timestamp"]
 
-    def get_logs(self, event: str, from_block: int = 0, **filters: Any) -> list[dict]:
+    def get_logs(self, event: str, from_block: int = 0, to_block: int | str = "latest", **filters: Any) -> list[dict]:
         """Decoded logs of a market event, oldest first (``args`` plus block and tx hash)."""
         ev = getattr(self.market.events, event)
+        logs = ev.get_logs(argument_filters=filters or None, from_block=from_block, to_block=to_block)
         return [
             {**log["args"], "blockNumber": log["blockNumber"], "transactionHash": "0x" + log["transactionHash"].hex()}
-            for log in ev.get_logs(argument_filters=filters or None, from_block=from_block)
+            for log in logs
         ]
 
     # -- internals -----------------------------------------------------------------

@@ -1,0 +1,231 @@
+"""`LeasedCluster`: GPUs from the market as a Dask cluster users already know.
+
+    >>> cluster = LeasedCluster(gpus=2, gpu="A100|H100", max_price="3.00", hours=1, budget="10")  # doctest: +SKIP
+    >>> client = Client(cluster)                  # mutual TLS, handled out of sight   # doctest: +SKIP
+    >>> cluster.scale(4)                          # lease 2 more GPUs                    # doctest: +SKIP
+    >>> cluster.close()                           # release: paid what accrued, rest refunded   # doctest: +SKIP
+
+One worker per leased GPU. ``scale(n)`` runs another auction or releases
+leases; ``adapt(minimum, maximum)`` does so on load, never beyond the budget;
+``close()`` settles every lease and keeps the receipts in ``cluster.receipts``.
+A provider that stops sending heartbeats is closed out at its last one and
+its GPUs are leased again; Dask recomputes what its workers held.
+
+The auction and the TLS handover live in :mod:`jupyter_gpumarket.market.tenant`
+(this module reaches up to it for its default leaser; see DESIGN notes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import logging
+from decimal import Decimal
+
+from distributed.core import Status, rpc
+from distributed.deploy.cluster import Cluster
+from tornado.ioloop import PeriodicCallback
+
+from ..errors import GpuMarketError, InvalidRequest
+from ..spec import GpuSpec, Money
+
+logger = logging.getLogger(__name__)
+
+
+def to_base_units(value: int | str | Decimal, decimals: int, name: str) -> int:
+    """Ints are base units already; strings and Decimals are token amounts ("2.50")."""
+    if isinstance(value, bool):
+        raise InvalidRequest(f"{name} must be an amount, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        raise InvalidRequest(f"{name}={value!r} is a float; pass a string like '{value}' or an int of base units")
+    return Money.parse(value, decimals).amount
+
+
+class LeasedCluster(Cluster):
+    """A Dask cluster made of GPUs leased on the market.
+
+    Parameters
+    ----------
+    gpus: GPUs (= workers) to lease at start.
+    gpu: regular expression over GPU model names ("A100|H100"); "" takes any.
+    max_price: per GPU-hour, token amount as a string ("3.00") or int base units.
+    hours: lease duration.
+    budget: most this cluster may ever commit, same units as ``max_price``.
+    market: a :class:`~jupyter_gpumarket.chain.MarketClient` with the tenant's account.
+    window: seconds providers have to bid; select: "cost" (expected cost to complete) or "price".
+    partial: "accept" what is offered, or "cancel" (refund) when fewer GPUs are offered.
+    """
+
+    def __init__(
+        self,
+        gpus: int = 1,
+        gpu: str = "",
+        max_price: int | str = "3.00",
+        hours: float = 1.0,
+        budget: int | str = "10",
+        *,
+        market,
+        min_memory_gib: int = 0,
+        region: str = "",
+        window: int = 5,
+        select: str = "cost",
+        partial: str = "accept",
+        on_bid=None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 6.0,
+        worker_timeout: float = 60.0,
+        asynchronous: bool = False,
+        loop=None,
+        name: str | None = None,
+        leaser=None,
+    ) -> None:
+        super().__init__(asynchronous=asynchronous, loop=loop, name=name)
+        if leaser is None:
+            from ..market.tenant import TenantLeaser  # the market sits above the cluster layer
+
+            decimals = market.token_decimals()
+            leaser = TenantLeaser(
+                market,
+                GpuSpec(gpus, gpu, min_memory_gib, region),
+                to_base_units(max_price, decimals, "max_price"),
+                hours,
+                to_base_units(budget, decimals, "budget"),
+                window=window,
+                rule=select,
+                partial=partial,
+                on_bid=on_bid,
+                heartbeat_timeout=heartbeat_timeout,
+            )
+        self.leaser = leaser
+        self.market = leaser.client
+        self._initial_gpus = gpus
+        self._heartbeat_interval = heartbeat_interval
+        self._worker_timeout = worker_timeout
+        self._checking = False
+        self.failures: list[str] = []
+        if not self.asynchronous:
+            self._loop_runner.start()
+            self.sync(self._start)
+
+    # -- Dask Cluster API -----------------------------------------------------------
+
+    @property
+    def security(self):
+        """The tenant's client credentials; ``Client(cluster)`` picks them up."""
+        return self.leaser.security
+
+    @property
+    def receipts(self):
+        return list(self.leaser.receipts)
+
+    async def _start(self) -> None:
+        if self.status == Status.running:
+            return
+        self.status = Status.starting
+        try:
+            await asyncio.to_thread(self.leaser.lease, self._initial_gpus)
+            self.scheduler_comm = rpc(
+                self.leaser.scheduler_address, connection_args=self.security.get_connection_args("client")
+            )
+            await super()._start()
+            await self._wait_for_workers(self.leaser.gpus, timeout=self._worker_timeout)
+        except BaseException:
+            await asyncio.to_thread(self.leaser.release_all)
+            self.status = Status.failed
+            raise
+        callback = PeriodicCallback(self._check_heartbeats, self._heartbeat_interval * 1000)
+        self.periodic_callbacks["heartbeats"] = callback
+        callback.start()
+        self.status = Status.running
+
+    def __await__(self):
+        async def _():
+            if self.status == Status.created:
+                await self._start()
+            return self
+
+        return _().__await__()
+
+    def scale(self, n: int) -> None:
+        """Have ``n`` GPUs (one worker each): lease more, or release the dearest leases."""
+        if n < 0:
+            raise InvalidRequest(f"cannot scale to {n} GPUs; use 0 or more")
+        return self.sync(self._scale, n)
+
+    async def _scale(self, n: int) -> None:
+        have = self.leaser.gpus
+        if n > have:
+            allowed = self.leaser.max_gpus_in_budget()
+            if n > allowed:
+                raise InvalidRequest(f"scaling to {n} GPUs exceeds the budget (it affords {allowed}); raise the budget")
+            await asyncio.to_thread(self.leaser.lease, n - have)
+            await self._wait_for_workers(self.leaser.gpus, timeout=self._worker_timeout)
+        elif n < have:
+            for lease_id in self.leaser.pick_for_release(have - n):
+                await asyncio.to_thread(self.leaser.release, lease_id)
+
+    def adapt(self, minimum: int = 0, maximum: int | None = None, **kwargs):
+        """Adaptive scaling between ``minimum`` and ``maximum`` GPUs, capped by what the budget affords."""
+        cap = self.leaser.max_gpus_in_budget()
+        maximum = cap if maximum is None else min(maximum, cap)
+        # A lease takes a bidding window to arrive; do not thrash on every tick.
+        kwargs.setdefault("wait_count", 5)
+        kwargs.setdefault("interval", "2s")
+        return super().adapt(minimum=minimum, maximum=maximum, **kwargs)
+
+    async def _close(self) -> None:
+        if self.status == Status.closed:
+            return
+        callback = self.periodic_callbacks.pop("heartbeats", None)
+        if callback:
+            callback.stop()
+        await super()._close()
+        await asyncio.to_thread(self.leaser.release_all)
+        self.leaser.close()
+
+    # -- liveness ---------------------------------------------------------------------
+
+    async def _check_heartbeats(self) -> None:
+        if self._checking or self.status != Status.running:
+            return
+        self._checking = True
+        try:
+            closed = await asyncio.to_thread(self.leaser.check_heartbeats)
+            for lease_id in closed:
+                self.failures.append(f"lease {lease_id}: provider went silent; closed at its last heartbeat")
+        except GpuMarketError as exc:
+            self.failures.append(str(exc))
+            logger.error("%s", exc)
+        finally:
+            self._checking = False
+
+    # -- display ----------------------------------------------------------------------
+
+    def spent(self) -> int:
+        return self.leaser.spent()
+
+    def _repr_html_(self, cluster_status=None) -> str:
+        money = lambda amount: html.escape(Money(amount).short())  # noqa: E731
+        rows = "".join(
+            f"<tr><td>{h.id}</td><td>{h.provider.id}</td><td>{html.escape(h.provider.claim.gpu_model)}</td>"
+            f"<td>{h.lease.gpus}</td><td>{money(h.lease.price_per_gpu_hour)}</td>"
+            f"<td>{'scheduler + workers' if h.hosts_scheduler else 'workers'}</td></tr>"
+            for h in self.leaser.leases.values()
+        )
+        dashboard = self.dashboard_link if self.scheduler_info.get("services", {}).get("dashboard") else None
+        link = f'<p>Dashboard: <a href="{html.escape(dashboard)}">{html.escape(dashboard)}</a></p>' if dashboard else ""
+        return (
+            f"<div><h4>LeasedCluster {html.escape(self.name)}</h4>"
+            f"<p>{self.leaser.gpus} GPUs · {money(self.leaser.hourly_rate())}/h · spent {money(self.spent())}"
+            f" of {money(self.leaser.budget)}</p>{link}"
+            "<table><tr><th>lease</th><th>provider</th><th>GPU</th><th>GPUs</th><th>price/GPU-h</th><th>role</th></tr>"
+            f"{rows}</table></div>"
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"LeasedCluster({self.name!r}, {self.scheduler_address}, gpus={self.leaser.gpus}, "
+            f"leases={sorted(self.leaser.leases)})"
+        )

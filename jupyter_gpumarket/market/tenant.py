@@ -1,0 +1,260 @@
+"""The tenant's lease manager for one Dask cluster (no Dask cluster code here).
+
+:class:`TenantLeaser` runs auctions, hands each accepted provider its TLS
+certificate signed by the cluster's own CA (whose fingerprint is on every
+order), tells the first lease to host the scheduler and the others to join
+it, watches heartbeats, replaces silent providers, and settles leases into
+:class:`~jupyter_gpumarket.spec.Receipt` objects.
+``cluster.leased.LeasedCluster`` is the Dask face of it.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+from urllib.parse import urlparse
+
+from ..cluster.tls import TenantCA
+from ..errors import GpuMarketError, InsufficientFunds, ProviderUnreachable, WrongState
+from ..spec import Bid, DealStatus, GpuSpec, Lease, Provider, Receipt
+from ..verify.heartbeat import HeartbeatDomain, HeartbeatMonitor, SignedHeartbeat
+from .auction import AuctionResult, PartialPolicy, Rule, request_gpus
+from .control import ControlClient, sign_start
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LeaseHandle:
+    """One live lease of this cluster: who serves it and how we reach it."""
+
+    lease: Lease
+    provider: Provider
+    endpoint: str
+    hosts_scheduler: bool
+    workers: list[str]
+    monitor: HeartbeatMonitor
+    tx_hashes: list[str] = field(default_factory=list)
+    last_seen: float = field(default_factory=time.monotonic)
+
+    @property
+    def id(self) -> int:
+        return self.lease.id
+
+
+class TenantLeaser:
+    """Leases GPUs for one cluster within one budget, and keeps them honest."""
+
+    def __init__(
+        self,
+        client,
+        spec: GpuSpec,
+        max_price: int,
+        hours: float,
+        budget: int,
+        window: int = 5,
+        rule: Rule = "cost",
+        partial: PartialPolicy = "accept",
+        on_bid: Callable[[Bid, Provider | None], None] | None = None,
+        heartbeat_timeout: float = 6.0,
+    ) -> None:
+        self.client = client
+        self.spec = spec
+        self.max_price = max_price
+        self.hours = hours
+        self.budget = budget
+        self.window = window
+        self.rule = rule
+        self.partial = partial
+        self.on_bid = on_bid
+        self.heartbeat_timeout = heartbeat_timeout
+        self.ca = TenantCA.create()
+        self._workdir = tempfile.TemporaryDirectory(prefix="gpumarket-tenant-")
+        self.security = self.ca.client_security(self._workdir.name)
+        self.domain = HeartbeatDomain(client.chain_id, client.market.address)
+        self.scheduler_address: str | None = None
+        self.dashboard_link: str | None = None
+        self.leases: dict[int, LeaseHandle] = {}
+        self.receipts: list[Receipt] = []
+        self.auctions: list[AuctionResult] = []
+        self._lock = threading.RLock()
+
+    # -- leasing ---------------------------------------------------------------------
+
+    @property
+    def gpus(self) -> int:
+        return sum(h.lease.gpus for h in self.leases.values())
+
+    @property
+    def committed(self) -> int:
+        """Budget tied up: deposits of live leases plus what closed ones cost."""
+        return sum(h.lease.deposit for h in self.leases.values()) + sum(r.cost for r in self.receipts)
+
+    def lease(self, gpus: int, exclude: set[int] = frozenset()) -> list[LeaseHandle]:
+        """Run an auction for ``gpus`` more GPUs and bring their workers up."""
+        with self._lock:
+            remaining = self.budget - self.committed
+            if remaining <= 0:
+                raise InsufficientFunds(f"the cluster's budget of {self.budget} is committed; raise the budget")
+            spec = GpuSpec(gpus, self.spec.model, self.spec.min_memory_gib, self.spec.region)
+            result = request_gpus(
+                self.client, spec, self.max_price, self.hours, remaining, self.ca.fingerprint, self.window,
+                self.rule, self.partial, self.on_bid, exclude_providers=exclude,
+            )
+            self.auctions.append(result)
+            bids = {b.id: b for b in result.bids}
+            handles = []
+            try:
+                for lease in result.leases:
+                    handles.append(self._bring_up(lease, bids[lease.id], result.tx_hashes))
+            except GpuMarketError:
+                for lease in result.leases:
+                    if lease.id not in self.leases:
+                        self._settle(lease.id, reason="workers did not start")
+                raise
+            return handles
+
+    def _bring_up(self, lease: Lease, bid: Bid, tx_hashes: list[str]) -> LeaseHandle:
+        provider = self.client.provider(lease.provider_id)
+        control = ControlClient(bid.endpoint)
+        host = urlparse(bid.endpoint).hostname or "127.0.0.1"
+        cert = self.ca.sign_provider(control.csr(lease.id), bid.cert_fingerprint, hosts=[host])
+        scheduler = self.scheduler_address or ""
+        signature = sign_start(self.client.signer, self.client.chain_id, self.client.market.address, lease.id,
+                               self.ca.cert_pem, cert, scheduler)
+        started = control.start(lease.id, self.ca.cert_pem, cert, scheduler, signature)
+        handle = LeaseHandle(
+            lease, provider, bid.endpoint, hosts_scheduler=not scheduler, workers=started["workers"],
+            monitor=HeartbeatMonitor(lease.id, provider.owner, self.domain), tx_hashes=list(tx_hashes),
+        )
+        if not scheduler:
+            self.scheduler_address = started["scheduler"]
+            self.dashboard_link = started.get("dashboard")
+        self.leases[lease.id] = handle
+        return handle
+
+    # -- releasing -------------------------------------------------------------------
+
+    def release(self, lease_id: int) -> Receipt:
+        """Close a lease now: the provider is paid what accrued, the rest comes back."""
+        with self._lock:
+            return self._settle(lease_id)
+
+    def release_all(self) -> list[Receipt]:
+        with self._lock:
+            # Joining workers first, the scheduler's host last.
+            order = sorted(self.leases.values(), key=lambda h: h.hosts_scheduler)
+            return [self._settle(h.id) for h in order]
+
+    def pick_for_release(self, gpus_to_free: int) -> list[int]:
+        """Leases to close to free ``gpus_to_free`` GPUs, sparing the scheduler's host."""
+        chosen, freed = [], 0
+        for handle in sorted(self.leases.values(), key=lambda h: (h.hosts_scheduler, -h.lease.price_per_gpu_hour)):
+            if freed >= gpus_to_free or (handle.hosts_scheduler and len(self.leases) - len(chosen) == 1
+                                         and freed + handle.lease.gpus > gpus_to_free):
+                break
+            chosen.append(handle.id)
+            freed += handle.lease.gpus
+        return chosen
+
+    def _settle(self, lease_id: int, heartbeat: SignedHeartbeat | None = None, reason: str = "") -> Receipt:
+        handle = self.leases.pop(lease_id, None)
+        lease = self.client.lease(lease_id)
+        hashes = list(handle.tx_hashes) if handle else []
+        if lease.status == DealStatus.ACTIVE:
+            in_grace = self.client.now() < lease.started_at + self.client.params()["attestation_grace"]
+            if heartbeat is not None:
+                tx = self.client.close_lease_at_heartbeat(lease_id, heartbeat)
+            elif in_grace and reason:
+                tx = self.client.reject_lease(lease_id, reason)
+            else:
+                tx = self.client.close_lease(lease_id)
+            hashes.append(tx.hash)
+        receipt = self.receipt(lease_id, hashes)
+        self.receipts.append(receipt)
+        return receipt
+
+    def receipt(self, lease_id: int, tx_hashes: list[str] = ()) -> Receipt:
+        """What a settled lease cost, from its on-chain events."""
+        lease = self.client.lease(lease_id)
+        withdrawals = self.client.get_logs("PaymentWithdrawn", leaseId=lease_id)
+        paid = sum(w["amount"] - w["fee"] for w in withdrawals)
+        fee = sum(w["fee"] for w in withdrawals)
+        refunded = 0
+        for closed in self.client.get_logs("LeaseClosed", leaseId=lease_id):
+            paid, fee, refunded = paid + closed["paid"], fee + closed["fee"], closed["refunded"]
+        for rejected in self.client.get_logs("LeaseRejected", leaseId=lease_id):
+            refunded = rejected["refunded"]
+        return Receipt(
+            lease_id=lease_id,
+            provider_id=lease.provider_id,
+            price_per_gpu_hour=lease.price_per_gpu_hour,
+            gpus=lease.gpus,
+            seconds=max(0, lease.ends_at - lease.started_at),
+            paid_to_provider=paid,
+            fee=fee,
+            refunded=refunded,
+            chain_id=self.client.chain_id,
+            tx_hashes=tuple(dict.fromkeys(tx_hashes)),
+        )
+
+    # -- liveness --------------------------------------------------------------------
+
+    def check_heartbeats(self) -> list[int]:
+        """Poll every provider once; close out the silent ones and re-lease their GPUs.
+
+        Returns the ids of leases closed for silence. A silent scheduler host
+        cannot be replaced (its cluster is gone): it is settled and reported.
+        """
+        silent = []
+        with self._lock:
+            handles = list(self.leases.values())
+        for handle in handles:
+            try:
+                raw = ControlClient(handle.endpoint, timeout=2.0).heartbeat(handle.id)
+                handle.monitor.accept(SignedHeartbeat.from_json(raw))
+                handle.last_seen = time.monotonic()
+            except (ProviderUnreachable, GpuMarketError) as exc:
+                if time.monotonic() - handle.last_seen > self.heartbeat_timeout:
+                    logger.warning("lease %s: provider silent (%s)", handle.id, exc)
+                    silent.append(handle)
+        for handle in silent:
+            with self._lock:
+                self._settle(handle.id, heartbeat=handle.monitor.last, reason="provider went silent")
+            if handle.hosts_scheduler:
+                raise WrongState(
+                    f"lease {handle.id} hosted the scheduler and its provider went silent; the cluster is lost "
+                    "(results already gathered are kept). Start a new cluster."
+                )
+            try:
+                self.lease(handle.lease.gpus, exclude={handle.provider.id})
+            except GpuMarketError as exc:
+                logger.warning("could not re-lease %d GPUs after lease %s failed: %s", handle.lease.gpus, handle.id, exc)
+        return [h.id for h in silent]
+
+    # -- accounting ------------------------------------------------------------------
+
+    def spent(self) -> int:
+        """What this cluster has cost so far, to the base unit (live leases accrue by the second)."""
+        live = sum(self.client.accrued(h.id) for h in list(self.leases.values()))
+        return live + sum(r.cost for r in self.receipts)
+
+    def hourly_rate(self) -> int:
+        return sum(h.lease.price_per_gpu_hour * h.lease.gpus for h in self.leases.values())
+
+    def hours_affordable(self) -> float:
+        rate = self.hourly_rate() or self.max_price * max(1, self.spec.count)
+        return (self.budget - self.spent()) / rate if rate else 0.0
+
+    def max_gpus_in_budget(self) -> int:
+        """How many GPUs the remaining budget could keep for the requested hours at the max price."""
+        per_gpu = self.max_price * self.hours
+        return self.gpus + int((self.budget - self.committed) // per_gpu) if per_gpu else self.gpus
+
+    def close(self) -> None:
+        self._workdir.cleanup()
+
