@@ -28,10 +28,14 @@ def _devnet(args: argparse.Namespace) -> int:
 
     if args.action == "up":
         net = Devnet.up(state_dir=args.state_dir, params=DevnetParams(providers=args.providers), port=args.port, detach=True)
+        if args.agents:
+            net.start_agents(detach=True)
+            net.wait_for_providers(args.providers)
         print(f"devnet up: chain {net.info.chain_id} at {net.info.rpc_url}")
         print(f"  market {net.info.market}\n  token  {net.info.token}")
         for role, address in net.info.addresses.items():
-            print(f"  {role:<10} {address}")
+            agent = f"  agent pid {net.info.agents[role]}" if role in net.info.agents else ""
+            print(f"  {role:<10} {address}{agent}")
         print(f"  devnet file: {net.state_dir / 'devnet.json'}")
         return 0
     net = Devnet.load(args.state_dir) if args.action == "status" else _load_any(args.state_dir)
@@ -124,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     devnet = sub.add_parser("devnet", help="a local chain with the market deployed")
     devnet.add_argument("action", choices=["up", "down", "status"])
     devnet.add_argument("--providers", type=int, default=3, help="provider accounts to fund (default 3)")
+    devnet.add_argument("--no-agents", dest="agents", action="store_false",
+                        help="fund provider accounts but start no provider agents")
     devnet.add_argument("--port", type=int, default=None, help="RPC port (default: a free one)")
     devnet.add_argument("--state-dir", default=None, help="where the devnet file lives (default ~/.gpumarket)")
     devnet.set_defaults(func=_devnet)

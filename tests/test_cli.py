@@ -43,15 +43,20 @@ def alive(pid: int) -> bool:
 def test_devnet_up_status_down_leaves_no_process(tmp_path):
     state = str(tmp_path)
     up = gpumarket("devnet", "up", "--providers", "2", "--state-dir", state)
+    assert up.stdout.count("agent pid") == 2
     assert "devnet up: chain 31337" in up.stdout
     info = json.loads((tmp_path / "devnet.json").read_text())
     assert set(info["addresses"]) == {"deployer", "tenant", "stranger", "provider0", "provider1"}
     assert "key" not in json.dumps(info).lower()  # addresses only, no private keys
-    pid = info["pid"]
+    pid, agents = info["pid"], info["agents"]
     try:
         # Another process connects through the devnet file alone.
         tenant = Devnet.load(state).client("tenant")
         assert tenant.balance() == 10_000 * 10**6
+        # Each provider account got its own agent, registered with its profile.
+        assert set(agents) == {"provider0", "provider1"} and all(alive(p) for p in agents.values())
+        models = {p.claim.gpu_model for p in tenant.providers()}
+        assert models == {"NVIDIA H100 80GB HBM3", "NVIDIA A100-SXM4-80GB"}
         status = json.loads(gpumarket("devnet", "status", "--state-dir", state).stdout)
         assert status["running"] is True and status["market"] == info["market"]
         again = gpumarket("devnet", "up", "--state-dir", state, check=False)
@@ -64,6 +69,7 @@ def test_devnet_up_status_down_leaves_no_process(tmp_path):
             break
         time.sleep(0.1)
     assert not alive(pid), "anvil still running after devnet down"
+    assert not any(alive(p) for p in agents.values()), "a provider agent outlived devnet down"
     assert not (tmp_path / "devnet.json").exists()
     after = gpumarket("devnet", "status", "--state-dir", state, check=False)
     assert after.returncode == 2 and "gpumarket devnet up" in after.stderr

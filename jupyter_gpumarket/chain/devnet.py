@@ -22,6 +22,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -38,6 +39,13 @@ from .client import MarketClient
 DEV_MNEMONIC = "test test test test test test test test test test test junk"
 DEVNET_FILE = "devnet.json"
 TOKEN_UNIT = 10**6  # TestDollar has 6 decimals
+
+#: Simulated provider boxes for devnet agents: model, memory GiB, TFLOPS, floor price, strategy.
+AGENT_PROFILES = [
+    ("NVIDIA H100 80GB HBM3", 80, 989.0, "2.90", "floor"),
+    ("NVIDIA A100-SXM4-80GB", 80, 312.0, "1.80", "utilisation"),
+    ("NVIDIA GeForce RTX 4090", 24, 165.0, "0.70", "undercut"),
+]
 
 
 def default_state_dir() -> Path:
@@ -71,6 +79,7 @@ class DevnetInfo:
     pid: int | None = None
     started_at: float = field(default_factory=time.time)
     deploy_block: int = 0
+    agents: dict[str, int] = field(default_factory=dict)  # provider role -> agent pid
 
 
 def find_anvil() -> str:
@@ -154,8 +163,52 @@ class Devnet:
             raise ChainUnavailable(f"the devnet at {info.rpc_url} is not running; start it with `gpumarket devnet up`")
         return cls(info, state)
 
+    def start_agents(self, gpus: int = 1, detach: bool = False) -> dict[str, subprocess.Popen]:
+        """Start one provider agent process per provider account, with varied profiles and prices.
+
+        Logs go to ``<state>/<role>.log``. The pids are recorded so ``down()`` stops them.
+        """
+        procs = {}
+        for i, role in enumerate(r for r in self.roles if r.startswith("provider")):
+            model, memory, tflops, price, strategy = AGENT_PROFILES[i % len(AGENT_PROFILES)]
+            log = open(self.state_dir / f"{role}.log", "ab")
+            procs[role] = subprocess.Popen(
+                [sys.executable, "-m", "jupyter_gpumarket.cli", "provider", "run", "--devnet",
+                 "--state-dir", str(self.state_dir), "--account", role, "--gpu-model", model,
+                 "--memory-gib", str(memory), "--tflops", str(tflops), "--price", price,
+                 "--strategy", strategy, "--gpus", str(gpus)],
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=detach,
+            )
+            log.close()
+            self.info.agents[role] = procs[role].pid
+        self._write()
+        return procs
+
+    def wait_for_providers(self, count: int, timeout: float = 60.0) -> None:
+        """Block until ``count`` providers are registered (agents register at start)."""
+        client = MarketClient.connect(self.info.rpc_url, self.info.market)
+        deadline = time.monotonic() + timeout
+        while client.market.functions.providerCount().call() < count:
+            if time.monotonic() > deadline:
+                raise ChainUnavailable(f"only {client.market.functions.providerCount().call()} of {count} "
+                                       f"providers registered within {timeout:.0f} s; see the logs in {self.state_dir}")
+            time.sleep(0.1)
+
+    def stop_agents(self) -> None:
+        for pid in self.info.agents.values():
+            if _alive(pid) and _is_ours(pid, "jupyter_gpumarket"):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for pid in self.info.agents.values():
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        self.info.agents.clear()
+
     def down(self) -> None:
-        """Stop anvil (no orphan process) and remove the devnet file."""
+        """Stop agents and anvil (no orphan process) and remove the devnet file."""
+        self.stop_agents()
         if self._process is not None:
             self._process.terminate()
             try:
@@ -163,7 +216,7 @@ class Devnet:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        elif _alive(self.info.pid) and _is_anvil(self.info.pid):
+        elif _alive(self.info.pid) and _is_ours(self.info.pid, "anvil"):
             os.kill(self.info.pid, signal.SIGTERM)
             for _ in range(100):
                 if not _alive(self.info.pid):
@@ -330,9 +383,10 @@ def _alive(pid: int | None) -> bool:
     return True
 
 
-def _is_anvil(pid: int) -> bool:
+def _is_ours(pid: int, marker: str) -> bool:
+    """The recorded pid still runs what we started (pids get reused)."""
     try:
-        return "anvil" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        return marker in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
     except OSError:
         return True  # no /proc: trust the recorded pid
 
