@@ -178,6 +178,9 @@ class ProviderAgent:
             self._consider_rival(ev)
         for ev in self.client.get_logs("LeaseCreated", providerId=self.provider_id, **span):
             self._on_lease_created(ev)
+        for ev in self.client.get_logs("OrderClosed", **span):
+            with self._lock:  # a closed order accepts nothing more: free what our bid reserved
+                self._bids.pop(ev["orderId"], None)
         for name in ("LeaseClosed", "LeaseRejected"):
             for ev in self.client.get_logs(name, **span):
                 self._on_lease_ended(ev["leaseId"])
