@@ -81,6 +81,7 @@ class TenantLeaser:
         self.leases: dict[int, LeaseHandle] = {}
         self.receipts: list[Receipt] = []
         self.auctions: list[AuctionResult] = []
+        self.timings: list[dict[str, float]] = []  # per lease() call: bidding, chain, worker start-up
         self._lock = threading.RLock()
 
     # -- leasing ---------------------------------------------------------------------
@@ -108,6 +109,7 @@ class TenantLeaser:
             self.auctions.append(result)
             bids = {b.id: b for b in result.bids}
             handles = []
+            handover_started = time.monotonic()
             try:
                 for lease in result.leases:
                     handles.append(self._bring_up(lease, bids[lease.id], result.tx_hashes))
@@ -116,6 +118,11 @@ class TenantLeaser:
                     if lease.id not in self.leases:
                         self._settle(lease.id, reason="workers did not start")
                 raise
+            self.timings.append({
+                "bidding_window_s": result.seconds_bidding,
+                "chain_s": result.seconds_chain,
+                "worker_startup_s": time.monotonic() - handover_started,
+            })
             return handles
 
     def _bring_up(self, lease: Lease, bid: Bid, tx_hashes: list[str]) -> LeaseHandle:
