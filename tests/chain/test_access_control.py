@@ -23,11 +23,6 @@ def role_hex(name: str) -> str:
     return "0x" + bytes(ROLES[name]).hex()
 
 
-def who(role):
-    """The client of a role in the scene: tenant, stranger, deployer, provider0.."""
-    return lambda s: s.m.client(role)
-
-
 def lacks(role_name):
     return E.AccessControlUnauthorizedAccount, lambda s, c: {"account": c.address, "needed_role": role_hex(role_name)}
 

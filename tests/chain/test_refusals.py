@@ -29,10 +29,6 @@ def zero_gpu_spec():
     return SimpleNamespace(count=0, min_memory_gib=0, model="", region="")
 
 
-def p(i):
-    return lambda s: s.m.providers[i]
-
-
 CASES = [
     # -- orders --------------------------------------------------------------------------
     pytest.param(
