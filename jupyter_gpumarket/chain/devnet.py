@@ -8,10 +8,10 @@ RPC URL, chain id, anvil's pid) under the state directory, outside git.
 Devnet accounts come from anvil's public test mnemonic: they hold test money
 only, and their keys are derived when needed, never written or printed.
 
->>> with Devnet.up(state_dir=tmp_path) as net:          # doctest: +SKIP
-...     tenant = net.client("tenant")
-...     tenant.balance()
-10000000000
+Example::
+
+    with Devnet.up(state_dir=tmp_path) as net:
+        net.client("tenant").balance()      # 10_000 TUSD = 10_000_000_000 base units
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
-"""`LeasedCluster`: GPUs from the market as a Dask cluster users already know.
+"""`LeasedCluster`: GPUs from the market as a Dask cluster users already know::
 
-    >>> cluster = LeasedCluster(gpus=2, gpu="A100|H100", max_price="3.00", hours=1, budget="10")  # doctest: +SKIP
-    >>> client = Client(cluster)                  # mutual TLS, handled out of sight   # doctest: +SKIP
-    >>> cluster.scale(4)                          # lease 2 more GPUs                    # doctest: +SKIP
-    >>> cluster.close()                           # release: paid what accrued, rest refunded   # doctest: +SKIP
+    cluster = LeasedCluster(gpus=2, gpu="A100|H100", max_price="3.00", hours=1, budget="10", market=tenant)
+    client = Client(cluster)      # mutual TLS, handled out of sight
+    cluster.scale(4)              # lease 2 more GPUs
+    cluster.close()               # release: paid what accrued, rest refunded
 
 One worker per leased GPU. ``scale(n)`` runs another auction or releases
 leases; ``adapt(minimum, maximum)`` does so on load, never beyond the budget;
