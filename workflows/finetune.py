@@ -19,6 +19,7 @@ problem generated from a seed, learned by a small MLP; nothing is downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import io
 import time
@@ -28,6 +29,8 @@ from dataclasses import dataclass, field
 import pandas as pd
 import torch
 from torch import nn
+
+from jupyter_gpumarket.errors import WrongState
 
 from ._common import WorkflowInputError, check_model_memory, check_positive, show_progress
 
@@ -117,6 +120,19 @@ def bytes_to_state(data: bytes):
 
 
 # ---------------------------------------------------------------- worker side
+@contextlib.contextmanager
+def torch_threads(n: int):
+    """Run the block with ``n`` torch threads. A small model gains nothing from more
+    threads than its worker has, and oversubscribed OpenMP threads on a busy host
+    slow it down by an order of magnitude."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(max(1, n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -127,14 +143,19 @@ def local_steps(model_bytes: bytes, task: SyntheticTask, *, first_step: int, n_s
 
     Plain SGD keeps no optimiser state, so the checkpoint is the whole state.
     """
-    try:  # match torch's thread pool to the worker's thread count (no oversubscription)
+    try:
         from distributed import get_worker  # noqa: PLC0415
 
         worker = get_worker()
-        torch.set_num_threads(max(1, worker.state.nthreads))
-        address = worker.address
+        address, threads = worker.address, worker.state.nthreads
     except ValueError:  # not on a worker: the single-process reference
-        address = "local"
+        address, threads = "local", 1
+    with torch_threads(threads):
+        return _sgd(model_bytes, task, first_step=first_step, n_steps=n_steps, rank=rank,
+                    world=world, batch_size=batch_size, lr=lr) | {"worker": address}
+
+
+def _sgd(model_bytes, task, *, first_step, n_steps, rank, world, batch_size, lr) -> dict:
     started = time.perf_counter()
     device = _device()
     model = task.build_model().to(device)
@@ -151,8 +172,8 @@ def local_steps(model_bytes: bytes, task: SyntheticTask, *, first_step: int, n_s
         opt.step()
         losses.append(loss.item())
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return {"state": state_to_bytes(state), "losses": losses, "worker": address,
-            "device": str(device), "seconds": time.perf_counter() - started}
+    return {"state": state_to_bytes(state), "losses": losses, "device": str(device),
+            "seconds": time.perf_counter() - started}
 
 
 # ---------------------------------------------------------------- tenant side
@@ -162,7 +183,8 @@ def evaluate(task: SyntheticTask, state: dict, split: str = "test") -> tuple[flo
     model = task.build_model()
     model.load_state_dict(state)
     x, y = task.data(split)
-    logits = model(x[:task.n_test])
+    with torch_threads(1):
+        logits = model(x[:task.n_test])
     y = y[:task.n_test]
     return float(nn.functional.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
 
@@ -228,7 +250,8 @@ def _validate(client, task, *, steps, sync_every, batch_size, lr, outer, max_mem
 
 
 def _alive(client) -> list[str]:
-    return sorted(client.scheduler_info(n_workers=-1)["workers"])
+    # nthreads() asks the scheduler directly; scheduler_info() can return a totals-only cache
+    return sorted(client.nthreads())
 
 
 def _round(client, model_bytes, task, *, rnd, first_step, n_steps, workers, key, progress, **kw):
@@ -237,6 +260,8 @@ def _round(client, model_bytes, task, *, rnd, first_step, n_steps, workers, key,
 
     for attempt in range(3):
         addrs = workers or _alive(client)
+        if not addrs:
+            raise WrongState(f"no workers left to run round {rnd}; the last checkpoint is intact")
         futures = [
             client.submit(local_steps, model_bytes, task, first_step=first_step, n_steps=n_steps,
                           rank=rank, world=len(addrs), **kw,

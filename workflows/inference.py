@@ -98,7 +98,8 @@ def run_model(model: torch.nn.Module, x: np.ndarray, batch_size: int) -> dict[st
 def predict_partition(part, payload: ModelPayload, columns: list[str], batch_size: int):
     """One partition in, the same rows with prediction columns added."""
     model = cached_model(payload)
-    x = np.ascontiguousarray(part[columns].to_numpy(dtype="float32"))  # host staging, any backend
+    # a writable host copy: pandas may hand out read-only views, which torch warns about
+    x = np.ascontiguousarray(part[columns].to_numpy(dtype="float32", copy=True))
     return part.assign(**run_model(model, x, batch_size))
 
 
