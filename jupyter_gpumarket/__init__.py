@@ -5,6 +5,19 @@ from .spec import Bid, GpuSpec, HardwareClaim, Lease, Money, Order, Provider, Re
 
 __version__ = "0.1.0"
 
+
+def load_ipython_extension(ipython) -> None:
+    """``%load_ext jupyter_gpumarket``: register ``%%gpurent`` and ``%gpumarket``."""
+    from .notebook.magics import load_ipython_extension as load
+
+    load(ipython)
+
+
+def unload_ipython_extension(ipython) -> None:
+    from .notebook.magics import unload_ipython_extension as unload
+
+    unload(ipython)
+
 __all__ = [
     "Bid",
     "GpuMarketError",

@@ -128,6 +128,7 @@ class MarketClient:
     # -- administration -------------------------------------------------------
 
     def set_params(self, min_stake: int, unstake_delay: int, dispute_window: int) -> Tx:
+        min_stake = _amount(min_stake, "min_stake", allow_zero=True)
         return self._send(self.market.functions.setParams(min_stake, unstake_delay, dispute_window))
 
     def set_fee(self, bps: int, treasury: str) -> Tx:
@@ -345,6 +346,7 @@ class MarketClient:
         return self._send(self.market.functions.openDispute(lease_id, _hash(evidence)))
 
     def resolve_dispute(self, lease_id: int, provider_at_fault: bool, slash_amount: int = 0) -> Tx:
+        slash_amount = _amount(slash_amount, "slash_amount", allow_zero=True)
         tx = self._send(self.market.functions.resolveDispute(lease_id, provider_at_fault, slash_amount))
         return _with_result(tx, tx.event("DisputeResolved")["slashed"])
 
@@ -411,8 +413,10 @@ class MarketClient:
                 gas = call.estimate_gas(tx)
             except (ContractCustomError, ContractLogicError, ContractPanicError) as exc:
                 raise self._decoder.decode(getattr(exc, "data", None), fallback=str(exc)) from None
+            # The estimate runs at the latest block's timestamp; mined a second later, a close may
+            # owe the provider one more transfer. Only gas used is paid, so the limit can be generous.
             tx.update(
-                gas=gas + gas // 5 + 10_000,
+                gas=gas * 3 // 2 + 60_000,
                 nonce=self.w3.eth.get_transaction_count(signer.address, "pending"),
                 maxFeePerGas=2 * self.w3.eth.get_block("latest")["baseFeePerGas"] + 1_000_000_000,
                 maxPriorityFeePerGas=1_000_000_000,

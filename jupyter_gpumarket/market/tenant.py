@@ -186,28 +186,7 @@ class TenantLeaser:
         return receipt
 
     def receipt(self, lease_id: int, tx_hashes: list[str] = ()) -> Receipt:
-        """What a settled lease cost, from its on-chain events."""
-        lease = self.client.lease(lease_id)
-        withdrawals = self.client.get_logs("PaymentWithdrawn", leaseId=lease_id)
-        paid = sum(w["amount"] - w["fee"] for w in withdrawals)
-        fee = sum(w["fee"] for w in withdrawals)
-        refunded = 0
-        for closed in self.client.get_logs("LeaseClosed", leaseId=lease_id):
-            paid, fee, refunded = paid + closed["paid"], fee + closed["fee"], closed["refunded"]
-        for rejected in self.client.get_logs("LeaseRejected", leaseId=lease_id):
-            refunded = rejected["refunded"]
-        return Receipt(
-            lease_id=lease_id,
-            provider_id=lease.provider_id,
-            price_per_gpu_hour=lease.price_per_gpu_hour,
-            gpus=lease.gpus,
-            seconds=max(0, lease.ends_at - lease.started_at),
-            paid_to_provider=paid,
-            fee=fee,
-            refunded=refunded,
-            chain_id=self.client.chain_id,
-            tx_hashes=tuple(dict.fromkeys(tx_hashes)),
-        )
+        return receipt_from_chain(self.client, lease_id, tx_hashes)
 
     # -- liveness --------------------------------------------------------------------
 
@@ -247,7 +226,9 @@ class TenantLeaser:
 
     def spent(self) -> int:
         """What this cluster has cost so far, to the base unit (live leases accrue by the second)."""
-        live = sum(self.client.accrued(h.id) for h in list(self.leases.values()))
+        # The contract's formula at wall-clock time: a devnet's latest block can lag the clock.
+        now = int(time.time())
+        live = sum(h.lease.accrued_at(now) for h in list(self.leases.values()))
         return live + sum(r.cost for r in self.receipts)
 
     def hourly_rate(self) -> int:
@@ -265,3 +246,30 @@ class TenantLeaser:
     def close(self) -> None:
         self._workdir.cleanup()
 
+
+def receipt_from_chain(client, lease_id: int, tx_hashes=()) -> Receipt:
+    """What a settled lease cost, from its on-chain events (withdrawals, close or rejection)."""
+    lease = client.lease(lease_id)
+    withdrawals = client.get_logs("PaymentWithdrawn", leaseId=lease_id)
+    paid = sum(w["amount"] - w["fee"] for w in withdrawals)
+    fee = sum(w["fee"] for w in withdrawals)
+    refunded = 0
+    hashes = list(tx_hashes)
+    for closed in client.get_logs("LeaseClosed", leaseId=lease_id):
+        paid, fee, refunded = paid + closed["paid"], fee + closed["fee"], closed["refunded"]
+        hashes.append(closed["transactionHash"])
+    for rejected in client.get_logs("LeaseRejected", leaseId=lease_id):
+        refunded = rejected["refunded"]
+        hashes.append(rejected["transactionHash"])
+    return Receipt(
+        lease_id=lease_id,
+        provider_id=lease.provider_id,
+        price_per_gpu_hour=lease.price_per_gpu_hour,
+        gpus=lease.gpus,
+        seconds=max(0, lease.ends_at - lease.started_at),
+        paid_to_provider=paid,
+        fee=fee,
+        refunded=refunded,
+        chain_id=client.chain_id,
+        tx_hashes=tuple(dict.fromkeys(hashes)),
+    )

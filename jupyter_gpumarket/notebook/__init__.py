@@ -1,0 +1,1 @@
+"""Notebook front end: magics, widgets, cell receipts."""

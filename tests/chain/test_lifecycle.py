@@ -423,7 +423,7 @@ def test_unstake_waits_for_delay_and_open_leases(registered):
     order_id, lease_id, t0 = m.lease(0)
     m.net.set_next_timestamp(t0 + 100)
     ev = m.providers[0].request_unstake().event("UnstakeRequested")
-    ready = t0 + 100 + UNSTAKE_DELAY
+    ready = t0 + 100 + max(UNSTAKE_DELAY, DISPUTE_WINDOW)  # stake held through tenants' dispute window
     assert ev["readyAt"] == ready
     p = m.stats(0)
     assert (p.active, p.unstake_ready_at) == (False, ready)
@@ -449,6 +449,14 @@ def test_unstake_waits_for_delay_and_open_leases(registered):
     ledger.unchanged()
 
     m.close(lease_id)
+    # The stake stays until the tenant's dispute window after the lease's end has passed.
+    ended_at = m.tenant.lease(lease_id).ends_at
+    held_until = max(ready, ended_at + DISPUTE_WINDOW)
+    assert m.tenant.provider(m.ids[0]).unstake_ready_at == held_until
+    if held_until > ready:
+        with pytest.raises(UnstakeNotReady):
+            m.providers[0].complete_unstake()
+        m.net.mine(held_until)
     ev = m.providers[0].complete_unstake().event("Unstaked")
     assert ev["amount"] == STAKES["provider0"]
     ledger.moved(provider0=STAKES["provider0"], market=-STAKES["provider0"])
@@ -463,7 +471,7 @@ def test_open_dispute_blocks_unstake(registered):
     m.close(lease_id)
     m.tenant.open_dispute(lease_id, "bad")
     m.providers[2].request_unstake()
-    m.net.advance(UNSTAKE_DELAY + 1)
+    m.net.advance(max(UNSTAKE_DELAY, DISPUTE_WINDOW) + 1)
     ledger.moved()
     with pytest.raises(ProviderBusy) as exc:
         m.providers[2].complete_unstake()

@@ -348,14 +348,15 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         emit StakeAdded(providerId, amount, p.stake);
     }
 
-    /// Stop bidding now; the stake can be taken back after `unstakeDelay`
-    /// once no lease or dispute is open.
+    /// Stop bidding now; the stake can be taken back once no lease or dispute is open,
+    /// after `unstakeDelay` and never before tenants' dispute windows have passed.
     function requestUnstake() external {
         uint32 providerId = _callerProviderId();
         Provider storage p = _providers[providerId];
         if (!p.active) revert ProviderInactive(providerId);
         p.active = false;
-        uint40 readyAt = uint40(block.timestamp) + unstakeDelay;
+        uint32 delay = unstakeDelay > disputeWindow ? unstakeDelay : disputeWindow;
+        uint40 readyAt = uint40(block.timestamp) + delay;
         p.unstakeReadyAt = readyAt;
         emit UnstakeRequested(providerId, readyAt);
     }
@@ -603,6 +604,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         d.withdrawn = total;
         p.openLeases -= 1;
         p.leasesCompleted += 1;
+        _holdStakeForDisputes(p, endedAt);
         uint104 due = total - withdrawn;
         uint104 fee = due > 0 ? _payProvider(p.owner, due) : 0;
         uint104 refund = deposit - total;
@@ -639,6 +641,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         Provider storage p = _providers[d.providerId];
         p.openLeases -= 1;
         p.leasesRejected += 1;
+        _holdStakeForDisputes(p, uint40(block.timestamp));
         token.safeTransfer(tenant, refund);
         emit LeaseRejected(leaseId, reasonHash, refund);
     }
@@ -729,6 +732,14 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         uint256 drySeconds = (uint256(d.deposit) * SECONDS_PER_HOUR + rate - 1) / rate;
         uint256 dryAt = uint256(d.startedAt) + drySeconds;
         return dryAt < d.endsAt ? uint40(dryAt) : d.endsAt;
+    }
+
+    /// A lease of an unstaking provider was settled: keep its stake until the tenant's
+    /// dispute window (counted from the lease's end) is over. Only unstaking providers pay for this.
+    function _holdStakeForDisputes(Provider storage p, uint40 endedAt) private {
+        if (p.active) return;
+        uint40 until = endedAt + disputeWindow;
+        if (p.unstakeReadyAt != 0 && p.unstakeReadyAt < until) p.unstakeReadyAt = until;
     }
 
     function _payProvider(address owner, uint104 gross) private returns (uint104 fee) {

@@ -1,0 +1,293 @@
+"""One user's view of the market: wallet, budget, live clusters, history, config.
+
+Works without IPython; the magics and widgets are thin layers over it.
+
+    session = Session.connect(devnet=True)           # or rpc_url=..., market=..., keystore=...
+    session.set_budget("20")                        # no cell may commit beyond this
+    cluster = session.rent(RentRequest(gpus=2, gpu="H100|A100"))
+    ...
+    receipts = session.release(cluster)
+
+Settings come from dask config (``gpumarket.*``; defaults in ``gpumarket.yaml``
+shipped with the package) and environment variables (``DASK_GPUMARKET__BUDGET``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import dask.config
+import yaml
+
+from .errors import InsufficientFunds, InvalidRequest, NotFound
+from .market.tenant import receipt_from_chain
+from .spec import SECONDS_PER_HOUR, DealStatus, GpuSpec, Money, Receipt
+
+_DEFAULTS = Path(__file__).with_name("gpumarket.yaml")
+dask.config.update_defaults(yaml.safe_load(_DEFAULTS.read_text()))
+
+
+def config(key: str):
+    """A ``gpumarket.<key>`` setting (dask config, env overrides included)."""
+    return dask.config.get(f"gpumarket.{key}")
+
+
+@dataclass(frozen=True)
+class RentRequest:
+    """What one ``%%gpurent`` cell (or ``Session.rent``) asks for. Money as base units."""
+
+    gpus: int = 1
+    gpu: str = ""
+    min_vram: int = 0
+    region: str = ""
+    max_price: int = 3_000_000
+    hours: float = 1.0
+    budget: int | None = None  # for this cluster; None = what the full lease costs at max price
+    window: int = 3
+    select: str = "cost"
+    partial: str = "accept"
+
+    def __post_init__(self) -> None:
+        GpuSpec(self.gpus, self.gpu, self.min_vram, self.region)  # validates count, pattern, memory
+        if self.max_price <= 0:
+            raise InvalidRequest(f"max price must be above 0, got {self.max_price}")
+        if self.hours <= 0:
+            raise InvalidRequest(f"hours must be above 0, got {self.hours}")
+        if self.budget is not None and self.budget <= 0:
+            raise InvalidRequest("budget must be above 0; give the most this cell may spend, e.g. --budget 5")
+        if self.window <= 0:
+            raise InvalidRequest(f"window must be at least 1 second, got {self.window}")
+        if self.select not in ("cost", "price"):
+            raise InvalidRequest(f"select must be 'cost' or 'price', got {self.select!r}")
+
+    @property
+    def spec(self) -> GpuSpec:
+        return GpuSpec(self.gpus, self.gpu, self.min_vram, self.region)
+
+    @property
+    def commitment(self) -> int:
+        """The most this request can tie up: its budget, or the full lease at the max price."""
+        full = self.max_price * self.gpus * int(self.hours * SECONDS_PER_HOUR) // SECONDS_PER_HOUR
+        return min(self.budget, full) if self.budget is not None else full
+
+    def fits(self, cluster) -> bool:
+        """Whether a live cluster already serves this request (same GPUs, pattern and region)."""
+        leaser = cluster.leaser
+        return (
+            leaser.gpus >= self.gpus
+            and leaser.spec.model == self.gpu
+            and leaser.spec.min_memory_gib >= self.min_vram
+            and leaser.spec.region == self.region
+        )
+
+
+@dataclass
+class Session:
+    """A tenant account with a spending cap and the clusters it holds."""
+
+    client: object  # MarketClient with the tenant's signer
+    budget: int | None = None  # session cap in base units; None = none
+    clusters: list = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+    _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    # -- connecting -------------------------------------------------------------------
+
+    @classmethod
+    def connect(
+        cls,
+        devnet: bool | None = None,
+        rpc_url: str | None = None,
+        market: str | None = None,
+        keystore: str | None = None,
+        state_dir: str | None = None,
+        account: str | None = None,
+    ) -> "Session":
+        """Connect to the recorded devnet or to ``rpc_url``/``market`` with a keystore or env key."""
+        from .chain import Devnet, MarketClient, Signer
+        from .chain.accounts import PASSWORD_ENV
+
+        use_devnet = config("devnet") if devnet is None else devnet
+        rpc_url = rpc_url or config("rpc-url")
+        if use_devnet or not rpc_url:
+            net = Devnet.load(state_dir or config("devnet-dir"))
+            client = net.client(account or config("devnet-account"))
+        else:
+            market = market or config("market")
+            if not market:
+                raise InvalidRequest("no market address; pass --market or set gpumarket.market")
+            keystore = keystore or config("keystore")
+            signer = Signer.from_keystore(keystore, os.environ.get(PASSWORD_ENV, "")) if keystore else Signer.from_env()
+            client = MarketClient.connect(rpc_url, market, signer, expected_chain_id=config("chain-id"))
+        session = cls(client)
+        budget = config("budget")
+        if budget is not None:
+            session.set_budget(budget)
+        return session
+
+    @property
+    def decimals(self) -> int:
+        return self.client.token_decimals()
+
+    def money(self, amount: int) -> Money:
+        return Money(amount, self.decimals, self.client.token_symbol())
+
+    def parse(self, text, name: str) -> int:
+        """A token amount ("2.50") into base units; one clear error otherwise."""
+        try:
+            return Money.parse(text, self.decimals).amount
+        except InvalidRequest as exc:
+            raise InvalidRequest(f"{name}: {exc}") from None
+
+    # -- budget -------------------------------------------------------------------------
+
+    def set_budget(self, amount: int | str | None) -> None:
+        self.budget = None if amount is None else (amount if isinstance(amount, int) else self.parse(amount, "budget"))
+        if self.budget is not None and self.budget <= 0:
+            raise InvalidRequest("the session budget must be above 0")
+
+    def committed(self) -> int:
+        """Base units tied up by live clusters plus what closed leases cost."""
+        with self._lock:
+            live = sum(c.leaser.committed for c in self.clusters)
+            return live + sum(r.cost for r in self.receipts)
+
+    def spent(self) -> int:
+        with self._lock:
+            return sum(c.spent() for c in self.clusters) + sum(r.cost for r in self.receipts)
+
+    def remaining(self) -> int | None:
+        return None if self.budget is None else self.budget - self.committed()
+
+    def check_budget(self, request: RentRequest) -> None:
+        """Refuse, before any transaction, a request the session budget cannot cover."""
+        remaining = self.remaining()
+        if remaining is not None and request.commitment > remaining:
+            raise InsufficientFunds(
+                f"this request may commit {self.money(request.commitment).short()} but the session has "
+                f"{self.money(max(remaining, 0)).short()} of its {self.money(self.budget).short()} budget left; "
+                "lower --budget/--hours/--gpus or raise the session budget (%gpumarket budget)"
+            )
+
+    # -- clusters -----------------------------------------------------------------------
+
+    def find(self, request: RentRequest):
+        with self._lock:
+            for cluster in self.clusters:
+                if cluster.status.name == "running" and request.fits(cluster):
+                    return cluster
+        return None
+
+    def rent(self, request: RentRequest, on_bid=None, reuse: bool = True):
+        """A running cluster for the request: a live one that fits, else a new auction."""
+        from .cluster.leased import LeasedCluster
+
+        if reuse:
+            found = self.find(request)
+            if found is not None:
+                return found
+        self.check_budget(request)
+        budget = request.commitment if request.budget is None else request.budget
+        cluster = LeasedCluster(
+            gpus=request.gpus,
+            gpu=request.gpu,
+            max_price=request.max_price,
+            hours=request.hours,
+            budget=budget,
+            market=self.client,
+            min_memory_gib=request.min_vram,
+            region=request.region,
+            window=request.window,
+            select=request.select,
+            partial=request.partial,
+            on_bid=on_bid,
+            heartbeat_timeout=float(config("heartbeat-timeout")),
+        )
+        with self._lock:
+            self.clusters.append(cluster)
+        return cluster
+
+    def release(self, target=None) -> list[Receipt]:
+        """Release one cluster, one lease id, or everything (``None``)."""
+        with self._lock:
+            if target is None:
+                targets = list(self.clusters)
+            elif isinstance(target, int):
+                targets = [c for c in self.clusters if target in c.leaser.leases]
+                if not targets:
+                    raise NotFound(f"no live lease {target} in this session; see %gpumarket leases")
+                receipt = targets[0].leaser.release(target)
+                self.receipts.append(receipt)
+                return [receipt]
+            else:
+                targets = [target]
+            out = []
+            for cluster in targets:
+                cluster.close()
+                out.extend(cluster.receipts)
+                self.clusters.remove(cluster)
+            self.receipts.extend(out)
+            return out
+
+    # -- looking around -------------------------------------------------------------------
+
+    def leases(self) -> list[dict]:
+        """Live leases of this session's clusters."""
+        now = int(time.time())
+        rows = []
+        for cluster in self.clusters:
+            for handle in cluster.leaser.leases.values():
+                lease = handle.lease
+                rows.append({
+                    "lease": lease.id,
+                    "provider": handle.provider.id,
+                    "gpu": handle.provider.claim.gpu_model,
+                    "gpus": lease.gpus,
+                    "price_per_gpu_hour": lease.price_per_gpu_hour,
+                    "elapsed_s": max(0, now - lease.started_at),
+                    "spent": lease.accrued_at(now),
+                    "cluster": cluster.name,
+                })
+        return rows
+
+    def offers(self, recent_orders: int = 20) -> list[dict]:
+        """Registered providers with their hardware, reputation and recent bid prices."""
+        bids: dict[int, list[int]] = {}
+        for ev in self.client.get_logs("BidPlaced")[-recent_orders * 5:]:
+            bids.setdefault(ev["providerId"], []).append(ev["pricePerGpuHour"])
+        rows = []
+        for p in self.client.providers():
+            prices = bids.get(p.id, [])
+            rows.append({
+                "provider": p.id,
+                "gpu": p.claim.gpu_model,
+                "gpus": p.claim.gpu_count,
+                "memory_gib": p.claim.memory_gib,
+                "tflops": p.claim.tflops,
+                "region": p.region,
+                "active": p.active,
+                "reliability": round(p.reliability, 3),
+                "last_price": prices[-1] if prices else None,
+                "min_price": min(prices) if prices else None,
+            })
+        return rows
+
+    def history(self) -> list[Receipt]:
+        """Every settled lease of this account, from the chain (survives kernel restarts)."""
+        me = self.client.address
+        mine = {ev["orderId"] for ev in self.client.get_logs("OrderCreated", tenant=me)}
+        out = []
+        for ev in self.client.get_logs("LeaseCreated"):
+            if ev["orderId"] not in mine:
+                continue
+            lease = self.client.lease(ev["leaseId"])
+            if lease.status in (DealStatus.CLOSED, DealStatus.REJECTED):
+                out.append(receipt_from_chain(self.client, lease.id))
+        return out
+
+    def close(self) -> None:
+        self.release(None)

@@ -1,0 +1,18 @@
+"""A devnet with three provider agents for the notebook tests, found through dask config."""
+
+from __future__ import annotations
+
+import dask.config
+import pytest
+
+from jupyter_gpumarket.chain import Devnet, DevnetParams
+
+
+@pytest.fixture(scope="session")
+def market_net(tmp_path_factory):
+    state = tmp_path_factory.mktemp("nb-devnet")
+    with Devnet.up(state_dir=state, params=DevnetParams(providers=3)) as net:
+        net.start_agents()
+        net.wait_for_providers(3)
+        with dask.config.set({"gpumarket.devnet-dir": str(state), "gpumarket.window": 2}):
+            yield net
