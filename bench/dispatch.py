@@ -20,6 +20,23 @@ round: on a shared machine "per CPU-second" figures are the steadier ones.
 Prints a table, then one JSON line.
 
     python bench/dispatch.py [--tiny 20000] [--big 200] [--repeat 4] [--layout process|thread]
+
+Findings (2-core shared CI VM, Python 3.11, OpenSSL 3.0, TLS 1.3 AES-256-GCM):
+tiny tasks reach ~1.0x of TCP (0.94x per CPU-second): the batched control
+messages are small and TLS adds little per message. 1 MiB results reach only
+~0.33x, as upstream measured (dask/distributed#5450, ~30% at 1e6 bytes).
+The cost is CPU on the receiving path: OpenSSL hands back one 16 KiB record
+per ``SSL_read``, so tornado's ``SSLIOStream`` makes ~64 ``recv_into`` calls
+(each through ``_ssl``, GIL release/re-acquire, record decrypt and copy) per
+MiB where plain TCP needs one or two. The cipher is not the bottleneck
+(``openssl speed``: AES-256-GCM 3.5 GB/s here; AES-128-GCM under TLS 1.2
+gained <=10%, ChaCha20 lost ~10%); OpenSSL read-ahead (+3%) and bigger read
+buffers (worse) did not help, kernel TLS is not available, and distributed
+has no TLS buffer/chunk setting that changes the record path
+(``distributed.comm.shard`` only splits frames above 64 MiB). So no
+Security/runtime setting was applied: the gap needs a transport that
+decrypts many records per call (a MemoryBIO/uvloop-style TLS transport, as
+tried in dask/distributed#5450), which Dask does not ship today.
 """
 
 from __future__ import annotations
