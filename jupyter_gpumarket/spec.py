@@ -156,6 +156,7 @@ class Order:
     gpus_leased: int = 0
     open: bool = True
     tenant_cert_fingerprint: bytes = b""
+    class_id: int = 0  # paid from a class pool when not 0
 
 
 @dataclass(frozen=True)

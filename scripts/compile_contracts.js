@@ -23,7 +23,7 @@ const input = {
   settings: {
     evmVersion: "cancun",
     viaIR: true,
-    optimizer: { enabled: true, runs: 10000 },
+    optimizer: { enabled: true, runs: 1000 },
     metadata: { bytecodeHash: "none" },
     outputSelection: { "*": { "*": ["abi", "evm.bytecode.object", "evm.deployedBytecode.object"] } },
   },

@@ -229,11 +229,13 @@ class MarketClient:
         approve: bool = False,
         permit: bool = False,
         permit_deadline: int | None = None,
+        class_id: int = 0,
     ) -> Tx:
         """Open an order and move ``deposit`` into escrow; ``tx.result`` is the order id.
 
         ``approve=True`` sends an ERC-20 approve first; ``permit=True`` signs an
-        EIP-2612 permit instead (one transaction).
+        EIP-2612 permit instead (one transaction). With ``class_id`` the deposit is
+        drawn from that class's pool within this account's allowance (no token needed).
         """
         params = (
             spec.count,
@@ -246,7 +248,9 @@ class MarketClient:
             spec.model,
             spec.region,
         )
-        if permit:
+        if class_id:
+            tx = self._send(self.market.functions.createOrderForClass(class_id, params))
+        elif permit:
             deadline = permit_deadline or self.now() + 3600
             v, r, s = self._sign_permit(deposit, deadline)
             tx = self._send(self.market.functions.createOrderWithPermit(params, deadline, v, r, s))
@@ -266,7 +270,7 @@ class MarketClient:
 
     def order(self, order_id: int) -> Order:
         o = self.market.functions.getOrder(order_id).call()
-        tenant, max_price, gpus, gpus_leased, duration, bidding_ends_at, is_open, escrow = o
+        tenant, max_price, class_id, gpus, gpus_leased, duration, bidding_ends_at, is_open, escrow = o
         if int(tenant, 16) == 0:
             from .errors import ERRORS
 
@@ -285,7 +289,37 @@ class MarketClient:
             gpus_leased=gpus_leased,
             open=is_open,
             tenant_cert_fingerprint=bytes(args.get("tenantCertFingerprint", b"")),
+            class_id=class_id,
         )
+
+    # -- classes (sponsor pools with per-student caps) ---------------------------
+
+    def create_class(self, amount: int, approve: bool = False) -> Tx:
+        """Open a class pool funded with ``amount``; ``tx.result`` is the class id."""
+        amount = _amount(amount, "amount", allow_zero=True)
+        if approve and amount:
+            self.approve(amount)
+        tx = self._send(self.market.functions.createClass(amount))
+        return _with_result(tx, tx.event("ClassCreated")["classId"])
+
+    def fund_class(self, class_id: int, amount: int, approve: bool = False) -> Tx:
+        if approve:
+            self.approve(amount)
+        return self._send(self.market.functions.fundClass(class_id, _amount(amount, "amount")))
+
+    def withdraw_class_funds(self, class_id: int, amount: int) -> Tx:
+        return self._send(self.market.functions.withdrawClassFunds(class_id, _amount(amount, "amount")))
+
+    def set_allowance(self, class_id: int, student: str, cap: int) -> Tx:
+        return self._send(self.market.functions.setAllowance(class_id, student, _amount(cap, "cap", allow_zero=True)))
+
+    def class_info(self, class_id: int) -> dict:
+        sponsor, balance = self.market.functions.getClass(class_id).call()
+        return {"class_id": class_id, "sponsor": sponsor, "balance": balance}
+
+    def allowance_of(self, class_id: int, student: str | None = None) -> dict:
+        cap, drawn = self.market.functions.allowanceOf(class_id, student or self.address).call()
+        return {"cap": cap, "drawn": drawn, "remaining": max(0, cap - drawn)}
 
     # -- bids -------------------------------------------------------------------
 

@@ -55,7 +55,17 @@ _TEMPLATES: dict[str, tuple[type[GpuMarketError], str]] = {
     ),
     "BidNotForOrder": (InvalidRequest, "bid {bidId} belongs to another order than {orderId}; accept bids of this order"),
     "EscrowExhausted": (InsufficientFunds, "order {orderId} has no escrow left for another lease; create a new order"),
+    "AllowanceExceeded": (
+        InsufficientFunds,
+        "{student} may draw {remaining} more from class {classId} but {needed} is needed; "
+        "ask the instructor to raise the cap, or ask for less",
+    ),
+    "ClassFundsLow": (
+        InsufficientFunds,
+        "class {classId} has {balance} left but {needed} is needed; the sponsor must fund the class",
+    ),
     # -- who may do it -------------------------------------------------------
+    "NotClassSponsor": (NotAuthorized, "{caller} is not the sponsor of class {classId}; use the sponsor's account"),
     "NotRegistered": (NotAuthorized, "{account} is not a registered provider; register with a stake first"),
     "AlreadyRegistered": (InvalidRequest, "{account} is already provider {providerId}; use updateProvider instead"),
     "NotOrderTenant": (NotAuthorized, "{caller} is not the tenant of order {orderId}; use the tenant's account"),
@@ -80,6 +90,7 @@ _TEMPLATES: dict[str, tuple[type[GpuMarketError], str]] = {
     "OrderNotFound": (NotFound, "no order {orderId}; check the order id"),
     "BidNotFound": (NotFound, "no bid {bidId}; check the bid id"),
     "LeaseNotFound": (NotFound, "no lease {leaseId}; check the lease id"),
+    "ClassNotFound": (NotFound, "no class {classId}; check the class id"),
     # -- wrong state ---------------------------------------------------------
     "ProviderInactive": (WrongState, "provider {providerId} is unstaking or inactive and cannot bid"),
     "UnstakeNotRequested": (WrongState, "provider {providerId} has not requested unstake; call requestUnstake first"),

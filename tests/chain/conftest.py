@@ -111,7 +111,7 @@ class Ledger:
     def owed(state: dict[str, tuple]) -> dict[str, int]:
         """What the contract owes: stakes, unallocated escrow, open lease balances."""
         stakes = sum(p[6] for p in state["providers"])
-        escrow = sum(o[7] for o in state["orders"])
+        escrow = sum(o[8] for o in state["orders"])  # Order.escrow
         leases = sum(d[6] - d[7] for d in state["deals"] if d[4] == DealStatus.ACTIVE)
         return {"stakes": stakes, "escrow": escrow, "leases": leases}
 

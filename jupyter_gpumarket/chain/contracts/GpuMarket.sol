@@ -63,7 +63,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     struct Order {
         // slot 0
         address tenant;
-        uint96 maxPricePerGpuHour;
+        uint80 maxPricePerGpuHour;
+        uint16 classId; // 0 = paid by the tenant; else drawn from a class allowance
         // slot 1
         uint16 gpus;
         uint16 gpusLeased;
@@ -71,6 +72,17 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         uint40 biddingEndsAt;
         bool open;
         uint128 escrow; // deposit not yet allocated to a lease
+    }
+
+    /// A sponsor's pool (an instructor's class budget) that students draw on up to their caps.
+    struct Class {
+        address sponsor;
+        uint128 balance; // not yet drawn
+    }
+
+    struct Allowance {
+        uint128 cap;
+        uint128 drawn; // deposits taken from the pool, less what came back
     }
 
     struct Provider {
@@ -109,7 +121,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     struct OrderParams {
         uint16 gpus;
         uint32 minMemoryGiB;
-        uint96 maxPricePerGpuHour;
+        uint80 maxPricePerGpuHour;
         uint32 duration; // seconds of lease
         uint32 biddingWindow; // seconds
         uint128 deposit;
@@ -159,6 +171,10 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     error NoOpenDispute(uint256 leaseId);
     error DisputeWindowOver(uint256 leaseId, uint40 closedAt);
     error InvalidHeartbeat(uint256 leaseId, address signer);
+    error ClassNotFound(uint16 classId);
+    error NotClassSponsor(uint16 classId, address caller);
+    error AllowanceExceeded(uint16 classId, address student, uint128 remaining, uint128 needed);
+    error ClassFundsLow(uint16 classId, uint128 balance, uint128 needed);
 
     // ---- state changes --------------------------------------------------
     event ProviderRegistered(
@@ -178,7 +194,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         address indexed tenant,
         uint16 gpus,
         uint32 minMemoryGiB,
-        uint96 maxPricePerGpuHour,
+        uint80 maxPricePerGpuHour,
         uint32 duration,
         uint40 biddingEndsAt,
         uint128 deposit,
@@ -223,6 +239,12 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     event LeaseRejected(uint256 indexed leaseId, bytes32 reasonHash, uint104 refunded);
     event DisputeOpened(uint256 indexed leaseId, bytes32 evidenceHash);
     event DisputeResolved(uint256 indexed leaseId, bool providerAtFault, uint128 slashed);
+    event ClassCreated(uint16 indexed classId, address indexed sponsor, uint128 balance);
+    event ClassFunded(uint16 indexed classId, uint128 amount, uint128 balance);
+    event ClassWithdrawn(uint16 indexed classId, uint128 amount, uint128 balance);
+    event AllowanceSet(uint16 indexed classId, address indexed student, uint128 cap);
+    event ClassDrawn(uint16 indexed classId, address indexed student, uint128 amount, uint128 drawn);
+    event ClassRefunded(uint16 indexed classId, address indexed student, uint128 amount, uint128 drawn);
     event FeeChanged(uint16 bps, address treasury);
     event ParamsChanged(uint128 minStake, uint32 unstakeDelay, uint32 disputeWindow);
 
@@ -242,6 +264,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     uint64 public orderCount;
     uint32 public providerCount;
     uint128 public bidCount;
+    uint16 public classCount;
 
     mapping(uint32 => Provider) private _providers;
     mapping(address => uint32) public providerIdOf;
@@ -249,6 +272,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     mapping(uint256 => Deal) private _deals;
     /// orderId => providerId => live bid id (0 = none): one live bid per provider per order.
     mapping(uint64 => mapping(uint32 => uint256)) public bidOf;
+    mapping(uint16 => Class) private _classes;
+    mapping(uint16 => mapping(address => Allowance)) private _allowances;
 
     constructor(
         IERC20 token_,
@@ -380,7 +405,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     // =====================================================================
 
     function createOrder(OrderParams calldata params) external whenNotPaused nonReentrant returns (uint64 orderId) {
-        orderId = _createOrder(params);
+        orderId = _createOrder(params, 0);
         token.safeTransferFrom(msg.sender, address(this), params.deposit);
     }
 
@@ -393,11 +418,22 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         returns (uint64 orderId)
     {
         try IERC20Permit(address(token)).permit(msg.sender, address(this), params.deposit, deadline, v, r, s) {} catch {}
-        orderId = _createOrder(params);
+        orderId = _createOrder(params, 0);
         token.safeTransferFrom(msg.sender, address(this), params.deposit);
     }
 
-    function _createOrder(OrderParams calldata params) private returns (uint64 orderId) {
+    /// A student's order paid from a class pool, within the student's cap.
+    function createOrderForClass(uint16 classId, OrderParams calldata params)
+        external
+        whenNotPaused
+        nonReentrant
+        returns (uint64 orderId)
+    {
+        orderId = _createOrder(params, classId);
+        _draw(classId, msg.sender, params.deposit);
+    }
+
+    function _createOrder(OrderParams calldata params, uint16 classId) private returns (uint64 orderId) {
         if (params.gpus == 0) revert ZeroGpus();
         if (params.duration == 0) revert ZeroDuration();
         if (params.biddingWindow == 0) revert ZeroBiddingWindow();
@@ -408,6 +444,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         _orders[orderId] = Order({
             tenant: msg.sender,
             maxPricePerGpuHour: params.maxPricePerGpuHour,
+            classId: classId,
             gpus: params.gpus,
             gpusLeased: 0,
             duration: params.duration,
@@ -438,7 +475,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         uint128 refund = o.escrow;
         o.open = false;
         o.escrow = 0;
-        if (refund > 0) token.safeTransfer(msg.sender, refund);
+        _refund(msg.sender, o.classId, refund);
         emit OrderClosed(orderId, refund);
     }
 
@@ -553,15 +590,15 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
             if (d.status == DealStatus.None) revert LeaseNotFound(leaseId);
             revert LeaseNotActive(leaseId);
         }
-        address tenant = _orders[d.orderId].tenant;
+        Order storage o = _orders[d.orderId];
         Provider storage p = _providers[d.providerId];
         uint40 endedAt = _effectiveEnd(d);
-        if (msg.sender != tenant) {
+        if (msg.sender != o.tenant) {
             if (msg.sender != p.owner) revert NotLeaseParty(leaseId, msg.sender);
             if (block.timestamp < endedAt) revert LeaseNotEnded(leaseId, endedAt);
         }
         if (block.timestamp < endedAt) endedAt = uint40(block.timestamp);
-        _settle(leaseId, d, p, tenant, endedAt);
+        _settle(leaseId, d, p, o, endedAt);
     }
 
     /// Tenant closes a lease whose provider went silent: payment stops at the
@@ -572,8 +609,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     {
         Deal storage d = _deals[leaseId];
         if (d.status != DealStatus.Active) revert LeaseNotActive(leaseId);
-        address tenant = _orders[d.orderId].tenant;
-        if (msg.sender != tenant) revert NotLeaseTenant(leaseId, msg.sender);
+        Order storage o = _orders[d.orderId];
+        if (msg.sender != o.tenant) revert NotLeaseTenant(leaseId, msg.sender);
         Provider storage p = _providers[d.providerId];
         address signer = ECDSA.recover(heartbeatDigest(heartbeat), signature);
         if (
@@ -582,7 +619,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         ) revert InvalidHeartbeat(leaseId, signer);
         uint40 endedAt = _effectiveEnd(d);
         if (heartbeat.timestamp < endedAt) endedAt = uint40(heartbeat.timestamp);
-        _settle(leaseId, d, p, tenant, endedAt);
+        _settle(leaseId, d, p, o, endedAt);
     }
 
     /// The EIP-712 digest a provider signs for a heartbeat.
@@ -594,7 +631,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
 
     /// Pay the provider what accrued until `endedAt` (never less than it already
     /// withdrew) and refund the tenant the rest of the deposit.
-    function _settle(uint256 leaseId, Deal storage d, Provider storage p, address tenant, uint40 endedAt) private {
+    function _settle(uint256 leaseId, Deal storage d, Provider storage p, Order storage o, uint40 endedAt) private {
         uint104 deposit = d.deposit;
         uint104 withdrawn = d.withdrawn;
         uint104 total = _accrued(d, endedAt);
@@ -608,7 +645,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         uint104 due = total - withdrawn;
         uint104 fee = due > 0 ? _payProvider(p.owner, due) : 0;
         uint104 refund = deposit - total;
-        if (refund > 0) token.safeTransfer(tenant, refund);
+        _refund(o.tenant, o.classId, refund);
         emit LeaseClosed(leaseId, msg.sender, total, due - fee, fee, refund, endedAt);
     }
 
@@ -617,12 +654,14 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         if (amount == 0) revert ZeroAmount();
         Deal storage d = _deals[leaseId];
         if (d.status != DealStatus.Active) revert LeaseNotActive(leaseId);
-        if (_orders[d.orderId].tenant != msg.sender) revert NotLeaseTenant(leaseId, msg.sender);
+        Order storage o = _orders[d.orderId];
+        if (o.tenant != msg.sender) revert NotLeaseTenant(leaseId, msg.sender);
         uint40 endedAt = _effectiveEnd(d);
         if (block.timestamp >= endedAt) revert LeaseEnded(leaseId, endedAt);
         d.deposit += amount;
         d.endsAt += extraSeconds;
-        token.safeTransferFrom(msg.sender, address(this), amount);
+        if (o.classId == 0) token.safeTransferFrom(msg.sender, address(this), amount);
+        else _draw(o.classId, msg.sender, amount);
         emit LeaseToppedUp(leaseId, amount, d.deposit, d.endsAt);
     }
 
@@ -630,8 +669,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     function rejectLease(uint256 leaseId, bytes32 reasonHash) external nonReentrant {
         Deal storage d = _deals[leaseId];
         if (d.status != DealStatus.Active) revert LeaseNotActive(leaseId);
-        address tenant = _orders[d.orderId].tenant;
-        if (tenant != msg.sender) revert NotLeaseTenant(leaseId, msg.sender);
+        Order storage o = _orders[d.orderId];
+        if (o.tenant != msg.sender) revert NotLeaseTenant(leaseId, msg.sender);
         uint40 graceEnds = d.startedAt + attestationGrace;
         if (block.timestamp >= graceEnds) revert GracePeriodOver(leaseId, graceEnds);
         // withdraw() is locked during grace, so nothing has been paid yet.
@@ -642,8 +681,75 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         p.openLeases -= 1;
         p.leasesRejected += 1;
         _holdStakeForDisputes(p, uint40(block.timestamp));
-        token.safeTransfer(tenant, refund);
+        _refund(o.tenant, o.classId, refund);
         emit LeaseRejected(leaseId, reasonHash, refund);
+    }
+
+    // =====================================================================
+    // Classes (a sponsor's pool with per-student caps)
+    // =====================================================================
+
+    function createClass(uint128 amount) external whenNotPaused nonReentrant returns (uint16 classId) {
+        classId = ++classCount;
+        _classes[classId] = Class({sponsor: msg.sender, balance: amount});
+        if (amount > 0) token.safeTransferFrom(msg.sender, address(this), amount);
+        emit ClassCreated(classId, msg.sender, amount);
+    }
+
+    function fundClass(uint16 classId, uint128 amount) external nonReentrant {
+        if (amount == 0) revert ZeroAmount();
+        Class storage c = _sponsorClass(classId);
+        c.balance += amount;
+        token.safeTransferFrom(msg.sender, address(this), amount);
+        emit ClassFunded(classId, amount, c.balance);
+    }
+
+    function withdrawClassFunds(uint16 classId, uint128 amount) external nonReentrant {
+        Class storage c = _sponsorClass(classId);
+        if (amount == 0) revert ZeroAmount();
+        if (amount > c.balance) revert ClassFundsLow(classId, c.balance, amount);
+        c.balance -= amount;
+        token.safeTransfer(msg.sender, amount);
+        emit ClassWithdrawn(classId, amount, c.balance);
+    }
+
+    /// The most a student may have drawn at once (deposits in use plus what leases cost).
+    function setAllowance(uint16 classId, address student, uint128 cap) external {
+        _sponsorClass(classId);
+        if (student == address(0)) revert ZeroAddress();
+        _allowances[classId][student].cap = cap;
+        emit AllowanceSet(classId, student, cap);
+    }
+
+    function _sponsorClass(uint16 classId) private view returns (Class storage c) {
+        c = _classes[classId];
+        if (c.sponsor == address(0)) revert ClassNotFound(classId);
+        if (c.sponsor != msg.sender) revert NotClassSponsor(classId, msg.sender);
+    }
+
+    function _draw(uint16 classId, address student, uint128 amount) private {
+        Class storage c = _classes[classId];
+        if (c.sponsor == address(0)) revert ClassNotFound(classId);
+        Allowance storage a = _allowances[classId][student];
+        uint128 remaining = a.cap > a.drawn ? a.cap - a.drawn : 0;
+        if (amount > remaining) revert AllowanceExceeded(classId, student, remaining, amount);
+        if (amount > c.balance) revert ClassFundsLow(classId, c.balance, amount);
+        c.balance -= amount;
+        a.drawn += amount;
+        emit ClassDrawn(classId, student, amount, a.drawn);
+    }
+
+    /// Money coming back to a tenant: to its wallet, or to the class pool it was drawn from.
+    function _refund(address tenant, uint16 classId, uint256 amount) private {
+        if (amount == 0) return;
+        if (classId == 0) {
+            token.safeTransfer(tenant, amount);
+            return;
+        }
+        _classes[classId].balance += uint128(amount);
+        Allowance storage a = _allowances[classId][tenant];
+        a.drawn = a.drawn > amount ? a.drawn - uint128(amount) : 0;
+        emit ClassRefunded(classId, tenant, uint128(amount), a.drawn);
     }
 
     // =====================================================================
@@ -680,7 +786,9 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
             p.disputesLost += 1;
             slashed = slashAmount < p.stake ? slashAmount : p.stake;
             p.stake -= slashed;
-            if (slashed > 0) token.safeTransfer(_orders[d.orderId].tenant, slashed);
+            Order storage o = _orders[d.orderId];
+            if (o.classId != 0) _classes[o.classId].balance += slashed; // the sponsor paid: the pool is made whole
+            else if (slashed > 0) token.safeTransfer(o.tenant, slashed);
         }
         emit DisputeResolved(leaseId, providerAtFault, slashed);
     }
@@ -699,6 +807,14 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
 
     function getDeal(uint256 dealId) external view returns (Deal memory) {
         return _deals[dealId];
+    }
+
+    function getClass(uint16 classId) external view returns (Class memory) {
+        return _classes[classId];
+    }
+
+    function allowanceOf(uint16 classId, address student) external view returns (Allowance memory) {
+        return _allowances[classId][student];
     }
 
     /// Gross amount accrued to the provider so far (fee included), capped by the deposit.
