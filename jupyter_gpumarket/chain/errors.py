@@ -79,8 +79,8 @@ _TEMPLATES: dict[str, tuple[type[GpuMarketError], str]] = {
     "OwnableUnauthorizedAccount": (NotAuthorized, "{account} is not the token's owner; mint from the deployer account"),
     "InvalidHeartbeat": (
         NotAuthorized,
-        "the heartbeat for lease {leaseId} was signed by {signer}, not by its provider, or is outside the lease; "
-        "close with a heartbeat the provider signed",
+        "the heartbeat for lease {leaseId} was signed by {signer}, not by its provider, or is for another lease; "
+        "close with a heartbeat the provider signed for this lease",
     ),
     "AccessControlUnauthorizedAccount": (
         NotAuthorized,

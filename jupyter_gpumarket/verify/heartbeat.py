@@ -16,6 +16,7 @@ True
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 
 from eth_account import Account
@@ -89,10 +90,11 @@ class HeartbeatMonitor:
     and keeps the last good one for ``closeLeaseAtHeartbeat``.
     """
 
-    def __init__(self, lease_id: int, provider: str, domain: HeartbeatDomain) -> None:
+    def __init__(self, lease_id: int, provider: str, domain: HeartbeatDomain, max_skew: float = 60.0) -> None:
         self.lease_id = lease_id
         self.provider = provider
         self.domain = domain
+        self.max_skew = max_skew  # seconds a provider's clock may run ahead of ours
         self.last: SignedHeartbeat | None = None
 
     def accept(self, signed: SignedHeartbeat) -> Heartbeat:
@@ -105,6 +107,8 @@ class HeartbeatMonitor:
             raise NotAuthorized(f"heartbeat for lease {self.lease_id} has a malformed signature") from None
         if signer != self.provider:
             raise NotAuthorized(f"heartbeat for lease {self.lease_id} signed by {signer}, not its provider {self.provider}")
+        if hb.timestamp > time.time() + self.max_skew:
+            raise NotAuthorized(f"heartbeat for lease {self.lease_id} is stamped {hb.timestamp}, in the future")
         if self.last is not None and hb.seq <= self.last.heartbeat.seq:
             raise NotAuthorized(f"heartbeat seq {hb.seq} replays an old one (last was {self.last.heartbeat.seq})")
         self.last = signed

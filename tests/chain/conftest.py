@@ -61,16 +61,19 @@ class Ledger:
         """
         token, market = self.c.token.address, self.c.market.address
         first = [(token, self._balance_of[name], "uint256") for name in self.accounts]
-        first += [(market, self._selector[n], t) for n, t in (("orderCount", "uint64"), ("bidCount", "uint128"), ("providerCount", "uint32"))]
-        *balances, orders, bids, providers = self._batch(first)
+        counts = (("orderCount", "uint64"), ("bidCount", "uint128"), ("providerCount", "uint32"), ("classCount", "uint16"))
+        first += [(market, self._selector[n], t) for n, t in counts]
+        *balances, orders, bids, providers, classes = self._batch(first)
         second = [(market, self._indexed("getOrder", i), self._struct["getOrder"]) for i in range(1, orders + 1)]
         second += [(market, self._indexed("getDeal", i), self._struct["getDeal"]) for i in range(1, bids + 1)]
         second += [(market, self._indexed("getProvider", i), self._struct["getProvider"]) for i in range(1, providers + 1)]
+        second += [(market, self._indexed("getClass", i), self._struct["getClass"]) for i in range(1, classes + 1)]
         structs = [tuple(x) for x in self._batch(second)]
         state = {
             "orders": tuple(structs[:orders]),
             "deals": tuple(structs[orders : orders + bids]),
-            "providers": tuple(structs[orders + bids :]),
+            "providers": tuple(structs[orders + bids : orders + bids + providers]),
+            "classes": tuple(structs[orders + bids + providers :]),
         }
         return dict(zip(self.accounts, balances)), state
 
@@ -81,8 +84,9 @@ class Ledger:
 
         market_abi = {e["name"]: e for e in self.c.market.abi if e["type"] == "function"}
         token_abi = {e["name"]: e for e in self.c.token.abi if e["type"] == "function"}
-        self._selector = {n: selector(market_abi[n]) for n in ("orderCount", "bidCount", "providerCount", "getOrder", "getDeal", "getProvider")}
-        self._struct = {n: _abi_type(market_abi[n]["outputs"][0]) for n in ("getOrder", "getDeal", "getProvider")}
+        names = ("orderCount", "bidCount", "providerCount", "classCount", "getOrder", "getDeal", "getProvider", "getClass")
+        self._selector = {n: selector(market_abi[n]) for n in names}
+        self._struct = {n: _abi_type(market_abi[n]["outputs"][0]) for n in ("getOrder", "getDeal", "getProvider", "getClass")}
         balance_of = selector(token_abi["balanceOf"])
         self._balance_of = {name: balance_of + abi_encode(["address"], [addr]) for name, addr in self.accounts.items()}
 
@@ -109,11 +113,12 @@ class Ledger:
 
     @staticmethod
     def owed(state: dict[str, tuple]) -> dict[str, int]:
-        """What the contract owes: stakes, unallocated escrow, open lease balances."""
+        """What the contract owes: stakes, unallocated escrow, open lease balances, class pools."""
         stakes = sum(p[6] for p in state["providers"])
         escrow = sum(o[8] for o in state["orders"])  # Order.escrow
         leases = sum(d[6] - d[7] for d in state["deals"] if d[4] == DealStatus.ACTIVE)
-        return {"stakes": stakes, "escrow": escrow, "leases": leases}
+        pools = sum(c[1] for c in state.get("classes", ()))  # Class.balance
+        return {"stakes": stakes, "escrow": escrow, "leases": leases, "pools": pools}
 
     def assert_solvent(self, balances=None, state=None) -> None:
         if balances is None:

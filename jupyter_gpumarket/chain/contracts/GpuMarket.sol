@@ -613,12 +613,11 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         if (msg.sender != o.tenant) revert NotLeaseTenant(leaseId, msg.sender);
         Provider storage p = _providers[d.providerId];
         address signer = ECDSA.recover(heartbeatDigest(heartbeat), signature);
-        if (
-            signer != p.owner || heartbeat.leaseId != leaseId || heartbeat.timestamp < d.startedAt
-                || heartbeat.timestamp > block.timestamp
-        ) revert InvalidHeartbeat(leaseId, signer);
+        if (signer != p.owner || heartbeat.leaseId != leaseId) revert InvalidHeartbeat(leaseId, signer);
+        // Clocks differ: a heartbeat stamped ahead of this block still pays no further than now.
         uint40 endedAt = _effectiveEnd(d);
-        if (heartbeat.timestamp < endedAt) endedAt = uint40(heartbeat.timestamp);
+        if (block.timestamp < endedAt) endedAt = uint40(block.timestamp);
+        if (heartbeat.timestamp < endedAt) endedAt = heartbeat.timestamp < d.startedAt ? d.startedAt : uint40(heartbeat.timestamp);
         _settle(leaseId, d, p, o, endedAt);
     }
 
