@@ -1,9 +1,10 @@
 """Data preparation on taxi trips: read, clean, join, hourly features, write Parquet.
 
-The per-partition steps are plain functions of one frame (:func:`clean`,
-:func:`join_zones`, :func:`add_window_columns`, :func:`finish_features`) used
-both by the Dask graph and by :func:`reference_pipeline`, the single-process
-pandas version that tests and the benchmark compare against.
+The row-wise steps are plain functions of one frame (:func:`clean`,
+:func:`join_zones`, :func:`add_window_columns`, run together as :func:`prepare`,
+one task per partition), followed by one group-by and :func:`finish_features`.
+The Dask graph and :func:`reference_pipeline` (single-process pandas, which
+tests and the benchmark compare against) call the same functions.
 
 >>> from distributed import Client, LocalCluster              # doctest: +SKIP
 >>> from workflows._data import write_trips
@@ -45,6 +46,7 @@ AGGREGATIONS = {
     "airport_trips": ("is_airport", "sum"),
 }
 PARTITION_COLUMN = "pickup_date"
+NOTHING_LEFT = "no trips are left after cleaning (all rows missing values or outliers)"
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,11 @@ def add_window_columns(df, window: str = "1h"):
     )
 
 
+def prepare(df, zones, window: str = "1h"):
+    """Clean, join and window one frame: every row-wise step, fused into one task per partition."""
+    return add_window_columns(join_zones(clean(df), zones), window)
+
+
 def finish_features(agg):
     """Derived ratios and the partition column, from the summed group-by output."""
     out = agg.reset_index()
@@ -202,10 +209,9 @@ def reference_pipeline(source, zones=None, *, fmt: str | None = None, window: st
     check_columns(trips, TRIPS_SCHEMA, what="trips data set")
     if len(trips) == 0:
         raise EmptyDataset("trips data set has no rows")
-    cleaned = clean(trips)
-    if len(cleaned) == 0:
-        raise EmptyDataset("no trips are left after cleaning (all rows missing values or outliers)")
-    frame = add_window_columns(join_zones(cleaned, _load_zones(zones)), window)
+    frame = prepare(trips, _load_zones(zones), window)
+    if len(frame) == 0:
+        raise EmptyDataset(NOTHING_LEFT)
     agg = frame.groupby(KEYS, observed=True).agg(**AGGREGATIONS)
     features = finish_features(agg)
     if output is not None:
@@ -216,10 +222,8 @@ def reference_pipeline(source, zones=None, *, fmt: str | None = None, window: st
 def build_graph(trips: dd.DataFrame, zones: pd.DataFrame, *, window: str = "1h"):
     """Lazy feature table (a dask collection) for a raw trips collection."""
     check_columns(trips._meta, TRIPS_SCHEMA, what="trips data set")
-    cleaned = trips.map_partitions(clean, meta=clean(trips._meta))
-    joined = cleaned.map_partitions(join_zones, zones, meta=join_zones(cleaned._meta, zones.iloc[:0]))
-    windowed = joined.map_partitions(add_window_columns, window)
-    agg = windowed.groupby(KEYS, observed=True).agg(split_out=1, **AGGREGATIONS)
+    rows = trips.map_partitions(prepare, zones, window, meta=prepare(trips._meta, zones.iloc[:0], window))
+    agg = rows.groupby(KEYS, observed=True).agg(split_out=1, **AGGREGATIONS)
     features = agg.map_partitions(finish_features, meta=finish_features(agg._meta))
     return features
 
@@ -240,26 +244,26 @@ def run_dataprep(client, source, output, *, zones=None, fmt: str | None = None,
     zones_pd = _load_zones(zones)
     with dataframe_backend(client, prefer=backend) as name:
         if isinstance(source, dd.DataFrame):
-            trips = to_backend(source, name)
+            trips, fmt = to_backend(source, name), "dask"
         else:
             fmt = _infer_format(source, fmt)
             files = _files(source, fmt)
             trips = (dd.read_csv(files, blocksize=blocksize, **_read_kwargs(fmt)) if fmt == "csv"
                      else dd.read_parquet(files))
         features = build_graph(trips, zones_pd, window=window)
-        # map_partitions(len) reads the same columns as the features, so one persist
-        # shares one read of the input; the features are small (a row per window and borough).
-        features, rows = client.persist([features, trips.map_partitions(len).sum()])
+        # Parquet footers give the row count without reading data; otherwise count the
+        # partitions in the same persist, which shares the one read of the input.
+        rows = trips.shape[0] if fmt == "parquet" else trips.map_partitions(len).sum()
+        features, rows = client.persist([features, rows])  # small: a row per window and borough
         if progress:
             show_progress(features, rows)
-        rows_in = int(client.compute(rows, sync=True))
-        # every clean row lands in exactly one group, so the counts sum to the clean rows
-        rows_clean, rows_out = (int(x) for x in client.compute(
-            [features["trips"].sum(), features.shape[0]], sync=True))
+        # every clean row lands in exactly one group, so the group counts sum to the clean rows
+        rows_in, rows_clean, rows_out = (int(x) for x in client.compute(
+            [rows, features["trips"].sum(), features.shape[0]], sync=True))
         if rows_in == 0:
             raise EmptyDataset("trips data set has no rows")
         if rows_clean == 0:
-            raise EmptyDataset("no trips are left after cleaning (all rows missing values or outliers)")
+            raise EmptyDataset(NOTHING_LEFT)
         write = features.to_parquet(str(output), partition_on=[PARTITION_COLUMN],
                                     write_index=False, compute=False)
         client.compute(write).result()
@@ -277,6 +281,7 @@ __all__ = [
     "clean",
     "finish_features",
     "join_zones",
+    "prepare",
     "reference_pipeline",
     "run_dataprep",
 ]

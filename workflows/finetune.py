@@ -279,7 +279,7 @@ def _round(client, model_bytes, task, *, rnd, first_step, n_steps, workers, key,
 
 
 def finetune(client, task: SyntheticTask | None = None, *, steps: int = 512, sync_every: int = 8,
-             batch_size: int = 64, lr: float = 0.05, outer: str = "average",
+             batch_size: int = 64, lr: float = 0.1, outer: str = "average",
              outer_lr: float = 0.7, outer_momentum: float = 0.9, workers: list[str] | None = None,
              max_memory_bytes: int | None = None, resume_from: bytes | None = None,
              progress: bool = False, on_round=None) -> FinetuneResult:
@@ -337,7 +337,7 @@ def finetune(client, task: SyntheticTask | None = None, *, steps: int = 512, syn
 
 
 def train_single_process(task: SyntheticTask | None = None, *, steps: int = 1024,
-                         batch_size: int = 64, lr: float = 0.05,
+                         batch_size: int = 64, lr: float = 0.1,
                          max_memory_bytes: int | None = None) -> FinetuneResult:
     """The same SGD in this process, one replica, no averaging: the baseline to compare with.
 

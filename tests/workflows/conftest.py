@@ -16,7 +16,13 @@ def client():
         yield c
 
 
-def assert_frames_match(got: pd.DataFrame, want: pd.DataFrame) -> None:
+@pytest.fixture(scope="session")
+def assert_frames_match():
+    """The frame comparison below, as a fixture: works whether or not tests/ is a package."""
+    return _assert_frames_match
+
+
+def _assert_frames_match(got: pd.DataFrame, want: pd.DataFrame) -> None:
     """Same columns and rows: integers, categories, strings and datetimes exactly, floats with allclose."""
     assert list(got.columns) == list(want.columns)
     assert len(got) == len(want)

@@ -6,7 +6,6 @@ import dask
 import dask.dataframe as dd
 import pandas as pd
 import pytest
-from conftest import assert_frames_match
 
 from jupyter_gpumarket.cluster.backend import choose_backend, dataframe_backend
 from jupyter_gpumarket.errors import InvalidRequest
@@ -32,7 +31,7 @@ def reference(data):
     return reference_pipeline(data["parquet-1"])
 
 
-def test_synthetic_data_is_deterministic_at_any_split(data):
+def test_synthetic_data_is_deterministic_at_any_split(data, assert_frames_match):
     files = sorted(data["parquet-5"].glob("*.parquet"))
     joined = pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
     assert_frames_match(joined, make_trips(N))
@@ -43,7 +42,8 @@ def test_synthetic_data_is_deterministic_at_any_split(data):
 
 @pytest.mark.parametrize(("name", "blocksize", "partitions"),
                          [("parquet-1", None, 1), ("parquet-5", None, 5), ("csv-3", 300_000, 4)])
-def test_matches_reference(client, data, reference, tmp_path, name, blocksize, partitions):
+def test_matches_reference(client, data, reference, tmp_path, name, blocksize, partitions,
+                           assert_frames_match):
     report = run_dataprep(client, data[name], tmp_path / "out", blocksize=blocksize)
     assert report.partitions_in >= partitions
     assert (report.rows_in, report.rows_clean, report.rows_out) == (
@@ -53,7 +53,7 @@ def test_matches_reference(client, data, reference, tmp_path, name, blocksize, p
     assert_frames_match(got, reference if name != "csv-3" else reference_pipeline(data[name]))
 
 
-def test_dask_frame_source_and_progress(client, tmp_path, capsys):
+def test_dask_frame_source_and_progress(client, tmp_path, assert_frames_match):
     trips = make_trips(N)
     report = run_dataprep(client, dd.from_pandas(trips, npartitions=7), tmp_path / "out", progress=True)
     assert report.partitions_in == 7
