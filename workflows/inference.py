@@ -114,6 +114,9 @@ def predict(client, ddf, model: torch.nn.Module, columns: list[str], *, batch_si
     """
     columns = list(columns)
     check_positive(batch_size=batch_size)
+    if not hasattr(ddf, "map_partitions"):
+        raise WorkflowInputError(
+            f"ddf must be a dask DataFrame, not {type(ddf).__name__}; use dd.from_pandas(frame)")
     if not columns:
         raise WorkflowInputError("columns must name at least one feature column")
     check_columns(ddf._meta, dict.fromkeys(columns, "numeric"), what="input frame")

@@ -9,6 +9,8 @@ import time
 
 import pytest
 
+pytest.importorskip("torch")  # the [finetune] extra
+
 from jupyter_gpumarket.errors import InvalidRequest
 from workflows import ModelTooLarge, WorkflowInputError
 from workflows.finetune import SyntheticTask, finetune, train_single_process
@@ -21,7 +23,7 @@ def test_learns_and_matches_single_process(client):
     assert result.history[-1]["train_loss"] <= 0.5 * result.initial_loss
     assert result.final_loss <= 0.5 * result.initial_loss
     assert abs(result.accuracy - single.accuracy) <= 0.02
-    assert result.accuracy > 0.8 and result.devices == ["cpu"]
+    assert result.accuracy > 0.8 and set(result.devices) <= {"cpu", "cuda"}
     frame = result.frame()
     assert len(frame) == 16 and frame["bytes"].is_monotonic_increasing
     assert result.bytes_communicated == frame["bytes"].iloc[-1] > 0
@@ -57,7 +59,7 @@ def test_worker_killed_mid_round_is_recovered(client):
     box: dict = {}
 
     def train():
-        box["result"] = finetune(client, steps=512, sync_every=64)
+        box["result"] = finetune(client, steps=768, sync_every=128)
 
     thread = threading.Thread(target=train)
     thread.start()
@@ -70,6 +72,6 @@ def test_worker_killed_mid_round_is_recovered(client):
     thread.join(timeout=120)
     result = box["result"]
     assert result.recovered_rounds and result.recovered_rounds[0] >= 1
-    assert len(result.history) == 8  # every round completed
+    assert len(result.history) == 6  # every round completed
     assert result.final_loss <= 0.5 * result.initial_loss
     client.wait_for_workers(2, timeout=30)  # the nanny restarts the killed worker

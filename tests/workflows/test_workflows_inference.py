@@ -6,7 +6,8 @@ import dask.dataframe as dd
 import numpy as np
 import pandas as pd
 import pytest
-import torch
+
+torch = pytest.importorskip("torch")  # the [finetune] extra
 
 from jupyter_gpumarket.errors import InvalidRequest
 from workflows import EmptyDataset, MissingColumns, ModelTooLarge, WorkflowInputError, WrongDtype
