@@ -4,7 +4,7 @@
     gpumarket devnet status                          what runs where
     gpumarket devnet down                            stop it
     gpumarket deploy --rpc URL --keystore FILE       deploy GpuMarket to any EVM chain
-    gpumarket demo                                   one lease end to end on a private devnet
+    gpumarket demo [--lease-only]                    the quickstart notebook (or one bare lease) on a private devnet
     gpumarket provider run --devnet --account provider0 --gpu-model "H100" --price 2.50 ...
                                                      serve GPUs (real ones via NVML, or a declared profile)
 
@@ -82,7 +82,9 @@ def _deploy(args: argparse.Namespace) -> int:
 def _demo(args: argparse.Namespace) -> int:
     from . import demo
 
-    return demo.main()
+    if args.lease_only:
+        return demo.main()
+    return demo.notebook_demo(args.notebook, args.out)
 
 
 def _provider_run(args: argparse.Namespace) -> int:
@@ -142,7 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--attestation-grace", type=int, default=300, help="seconds a tenant may reject a lease")
     deploy.set_defaults(func=_deploy)
 
-    demo = sub.add_parser("demo", help="one lease end to end on a private devnet")
+    demo = sub.add_parser("demo", help="the quickstart notebook (or one bare lease) on a private devnet")
+    demo.add_argument("--lease-only", action="store_true", help="the command-line lease demo, no notebook")
+    demo.add_argument("--notebook", default="example-notebooks/quickstart.ipynb", help="notebook to execute")
+    demo.add_argument("--out", default="build/quickstart.executed.ipynb", help="where the executed copy goes")
     demo.set_defaults(func=_demo)
 
     provider = sub.add_parser("provider", help="serve GPUs on the market")

@@ -1,4 +1,11 @@
-"""The command-line lease demo: one lease, end to end, on a private devnet.
+"""The demos: the quickstart notebook on a private devnet (the main one), and the
+command-line lease demo underneath it (``gpumarket demo --lease-only``).
+
+Notebook demo: start anvil with the contracts and three provider agents, execute
+``example-notebooks/quickstart.ipynb`` headless, write the executed copy, print a
+summary (providers, prices, seconds, cost, results) and stop everything it started.
+
+Lease demo: one lease, end to end, on a private devnet.
 
 Two providers register and bid on a tenant's order, the cheaper one wins,
 ten minutes pass (anvil's clock), the provider withdraws, the tenant closes.
@@ -12,6 +19,7 @@ from __future__ import annotations
 
 import tempfile
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Callable
 
 from .chain import Devnet, DevnetParams
@@ -128,6 +136,46 @@ def check_balances(result: LifecycleResult, stake_total: int) -> list[str]:
     if after["market"] - before["market"] != stake_total:
         problems.append(f"market holds {after['market'] - before['market']}, owes the stakes {stake_total}")
     return problems
+
+
+def notebook_demo(notebook: str | Path, out: str | Path, say: Callable[[str], None] = print) -> int:
+    """Run a notebook against a private devnet with provider agents; summarise its receipts."""
+    import nbformat
+
+    from .notebook.runner import execute_notebook, receipts_in
+
+    notebook, out = Path(notebook), Path(out)
+    if not notebook.exists():
+        say(f"error: no notebook at {notebook}; run from the repository root or pass --notebook")
+        return 2
+    out.parent.mkdir(parents=True, exist_ok=True)
+    say("Starting a private devnet (anvil), deploying the contracts and starting 3 provider agents…")
+    with tempfile.TemporaryDirectory(prefix="gpumarket-demo-") as state, Devnet.up(
+        state_dir=state, params=DevnetParams(providers=4)
+    ) as net:
+        net.start_agents(count=3)
+        net.wait_for_providers(3)
+        say(f"  chain {net.info.chain_id} at {net.info.rpc_url}; executing {notebook} …")
+        nb = execute_notebook(notebook, state, out)
+    say(f"Executed notebook written to {out}")
+    say("Results:")
+    for cell in nb.cells:
+        if cell.cell_type == "code" and "nbval-ignore-output" not in cell.metadata.get("tags", []):
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "stream" and output.get("name") == "stdout":
+                    for line in output["text"].strip().splitlines():
+                        say(f"  {line}")
+    say("Receipts:")
+    for receipt in receipts_in(nb):
+        money = lambda amount: Money(amount, receipt["decimals"], receipt["symbol"]).short()  # noqa: E731
+        for line in receipt["leases"]:
+            say(f"  lease {line['lease']}: provider {line['provider']}, {line['gpus']}x {line['gpu']} at "
+                f"{money(line['price_per_gpu_hour'])}/GPU-h, {line['gpu_seconds']} GPU-s, cost {money(line['cost'])}"
+                f" ({line['status']})")
+        say(f"  cell total {money(receipt['cost'])} on chain {receipt['chain_id']}")
+    nbformat.validate(nb)
+    say("Everything the demo started is stopped.")
+    return 0
 
 
 def main(say: Callable[[str], None] = print) -> int:

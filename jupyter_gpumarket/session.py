@@ -91,6 +91,7 @@ class Session:
 
     client: object  # MarketClient with the tenant's signer
     budget: int | None = None  # session cap in base units; None = none
+    class_id: int = 0  # classroom mode: leases draw on this class's pool within the student's cap
     clusters: list = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -106,6 +107,7 @@ class Session:
         keystore: str | None = None,
         state_dir: str | None = None,
         account: str | None = None,
+        class_id: int | None = None,
     ) -> "Session":
         """Connect to the recorded devnet or to ``rpc_url``/``market`` with a keystore or env key."""
         from .chain import Devnet, MarketClient, Signer
@@ -123,7 +125,7 @@ class Session:
             keystore = keystore or config("keystore")
             signer = Signer.from_keystore(keystore, os.environ.get(PASSWORD_ENV, "")) if keystore else Signer.from_env()
             client = MarketClient.connect(rpc_url, market, signer, expected_chain_id=config("chain-id"))
-        session = cls(client)
+        session = cls(client, class_id=int(class_id if class_id is not None else config("class-id") or 0))
         budget = config("budget")
         if budget is not None:
             session.set_budget(budget)
@@ -164,7 +166,14 @@ class Session:
         return None if self.budget is None else self.budget - self.committed()
 
     def check_budget(self, request: RentRequest) -> None:
-        """Refuse, before any transaction, a request the session budget cannot cover."""
+        """Refuse, before any transaction, a request the session budget (or class cap) cannot cover."""
+        if self.class_id:
+            left = self.client.allowance_of(self.class_id)["remaining"]
+            if request.commitment > left:
+                raise InsufficientFunds(
+                    f"this request may commit {self.money(request.commitment).short()} but your class allowance has "
+                    f"{self.money(left).short()} left; ask for less or ask the instructor to raise your cap"
+                )
         remaining = self.remaining()
         if remaining is not None and request.commitment > remaining:
             raise InsufficientFunds(
@@ -206,6 +215,7 @@ class Session:
             partial=request.partial,
             on_bid=on_bid,
             heartbeat_timeout=float(config("heartbeat-timeout")),
+            class_id=self.class_id,
         )
         with self._lock:
             self.clusters.append(cluster)

@@ -76,7 +76,7 @@ def test_devnet_up_status_down_leaves_no_process(tmp_path):
 
 
 def test_demo_prints_steps_and_balances_add_up():
-    proc = gpumarket("demo")
+    proc = gpumarket("demo", "--lease-only")
     out = proc.stdout
     for step in ("providers register", "tenant orders", "providers bid", "accepts the cheaper bid: provider1",
                  "provider1 withdraws 0.800000 TUSD", "tenant closes"):

@@ -163,13 +163,15 @@ class Devnet:
             raise ChainUnavailable(f"the devnet at {info.rpc_url} is not running; start it with `gpumarket devnet up`")
         return cls(info, state)
 
-    def start_agents(self, gpus: int = 1, detach: bool = False) -> dict[str, subprocess.Popen]:
-        """Start one provider agent process per provider account, with varied profiles and prices.
+    def start_agents(self, gpus: int = 1, detach: bool = False, count: int | None = None) -> dict[str, subprocess.Popen]:
+        """Start provider agent processes (one per provider account, or the first ``count``),
+        with varied profiles and prices. Accounts left without an agent can serve from a notebook.
 
         Logs go to ``<state>/<role>.log``. The pids are recorded so ``down()`` stops them.
         """
         procs = {}
-        for i, role in enumerate(r for r in self.roles if r.startswith("provider")):
+        roles = [r for r in self.roles if r.startswith("provider")][:count]
+        for i, role in enumerate(roles):
             model, memory, tflops, price, strategy = AGENT_PROFILES[i % len(AGENT_PROFILES)]
             log = open(self.state_dir / f"{role}.log", "ab")
             procs[role] = subprocess.Popen(

@@ -56,6 +56,7 @@ class LeasedCluster(Cluster):
     market: a :class:`~jupyter_gpumarket.chain.MarketClient` with the tenant's account.
     window: seconds providers have to bid; select: "cost" (expected cost to complete) or "price".
     partial: "accept" what is offered, or "cancel" (refund) when fewer GPUs are offered.
+    class_id: pay from this class pool within the account's allowance (classroom mode).
     """
 
     def __init__(
@@ -76,6 +77,7 @@ class LeasedCluster(Cluster):
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 6.0,
         worker_timeout: float = 60.0,
+        class_id: int = 0,
         asynchronous: bool = False,
         loop=None,
         name: str | None = None,
@@ -97,6 +99,7 @@ class LeasedCluster(Cluster):
                 partial=partial,
                 on_bid=on_bid,
                 heartbeat_timeout=heartbeat_timeout,
+                class_id=class_id,
             )
         self.leaser = leaser
         self.market = leaser.client

@@ -163,6 +163,7 @@ def request_gpus(
     measured_tflops: dict[int, float] | None = None,
     poll_interval: float = 0.1,
     exclude_providers: Iterable[int] = (),
+    class_id: int = 0,
 ) -> AuctionResult:
     """Run one auction on chain and return the leases made.
 
@@ -182,9 +183,14 @@ def request_gpus(
     duration = int(hours * SECONDS_PER_HOUR)
     deposit = min(budget, max_price * spec.count * duration // SECONDS_PER_HOUR)
     started = time.monotonic()
-    if client.allowance() < deposit:
+    if class_id:
+        remaining = client.allowance_of(class_id)["remaining"]
+        if deposit > remaining:
+            raise InsufficientFunds(f"class {class_id} lets this account draw {remaining} more but the order needs "
+                                    f"{deposit}; ask the instructor to raise the cap, or ask for less")
+    elif client.allowance() < deposit:
         client.approve(deposit)
-    order_tx = client.create_order(spec, max_price, duration, window, deposit, cert_fingerprint)
+    order_tx = client.create_order(spec, max_price, duration, window, deposit, cert_fingerprint, class_id=class_id)
     order_id = order_tx.result
     hashes = [order_tx.hash]
     chain_seconds = time.monotonic() - started

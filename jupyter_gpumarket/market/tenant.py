@@ -61,6 +61,7 @@ class TenantLeaser:
         partial: PartialPolicy = "accept",
         on_bid: Callable[[Bid, Provider | None], None] | None = None,
         heartbeat_timeout: float = 6.0,
+        class_id: int = 0,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -72,6 +73,7 @@ class TenantLeaser:
         self.partial = partial
         self.on_bid = on_bid
         self.heartbeat_timeout = heartbeat_timeout
+        self.class_id = class_id  # pay from this class pool (classroom mode); 0 = own wallet
         self.ca = TenantCA.create()
         self._workdir = tempfile.TemporaryDirectory(prefix="gpumarket-tenant-")
         self.security = self.ca.client_security(self._workdir.name)
@@ -104,7 +106,7 @@ class TenantLeaser:
             spec = GpuSpec(gpus, self.spec.model, self.spec.min_memory_gib, self.spec.region)
             result = request_gpus(
                 self.client, spec, self.max_price, self.hours, remaining, self.ca.fingerprint, self.window,
-                self.rule, self.partial, self.on_bid, exclude_providers=exclude,
+                self.rule, self.partial, self.on_bid, exclude_providers=exclude, class_id=self.class_id,
             )
             self.auctions.append(result)
             bids = {b.id: b for b in result.bids}

@@ -64,6 +64,7 @@ class GpuMarketMagics(Magics):
         receipt = self._call(
             lambda: self._cell_receipt(session, cluster, started_wall, time.monotonic() - started, release)
         )
+        self.shell.user_ns["_gpurent"] = receipt  # like `_`: the last %%gpurent cell's receipt
         display(receipt.bundle(), raw=True)
 
     def _cluster_for(self, session: Session, request: RentRequest):
@@ -90,6 +91,7 @@ class GpuMarketMagics(Magics):
     @argument("--keystore", default=None, help="connect: keystore file (password from GPUMARKET_KEYSTORE_PASSWORD)")
     @argument("--account", default=None, help="connect --devnet: which devnet account")
     @argument("--providers", type=int, default=3, help="devnet up: provider agents to start")
+    @argument("--class-id", type=int, default=None, help="connect: pay from this class pool (classroom mode)")
     @line_magic
     def gpumarket(self, line: str):
         """Market commands: connect, offers, leases, release, budget, history, devnet up|down."""
@@ -99,10 +101,14 @@ class GpuMarketMagics(Magics):
 
     def _cmd_connect(self, args) -> None:
         self.session = Session.connect(devnet=args.devnet or None, rpc_url=args.rpc, market=args.market,
-                                       keystore=args.keystore, account=args.account)
+                                       keystore=args.keystore, account=args.account, class_id=args.class_id)
         client = self.session.client
         print(f"connected to chain {client.chain_id}, market {client.market.address}, as {client.address}; "
               f"balance {self.session.money(client.balance()).short()}")
+        if self.session.class_id:
+            allowance = client.allowance_of(self.session.class_id)
+            print(f"class {self.session.class_id}: {self.session.money(allowance['remaining']).short()} "
+                  f"of your {self.session.money(allowance['cap']).short()} cap left")
 
     def _cmd_offers(self, args) -> None:
         session = self._session()
@@ -268,6 +274,17 @@ class GpuMarketMagics(Magics):
                                    lease.price_per_gpu_hour, seconds * lease.gpus, cost, status, hashes))
         return CellReceipt(session.client.chain_id, session.client.market.address, session.client.token_symbol(),
                            session.decimals, wall, lines, refunded)
+
+
+def current_session() -> Session:
+    """The session the magics use in this kernel (connecting on first use)."""
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    magics = shell.magics_manager.registry.get("GpuMarketMagics") if shell else None
+    if magics is None:
+        raise UsageError("run %load_ext jupyter_gpumarket first")
+    return magics._session()
 
 
 def load_ipython_extension(ipython) -> None:

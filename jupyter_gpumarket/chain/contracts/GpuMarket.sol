@@ -368,6 +368,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         if (amount == 0) revert ZeroAmount();
         uint32 providerId = _callerProviderId();
         Provider storage p = _providers[providerId];
+        // Stake added after unstaking could never leave again: refuse it.
+        if (!p.active) revert ProviderInactive(providerId);
         p.stake += amount;
         token.safeTransferFrom(msg.sender, address(this), amount);
         emit StakeAdded(providerId, amount, p.stake);
@@ -508,7 +510,10 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
             d.deposit = deposit;
             d.endsAt = endsAt;
             uint32 providerId = d.providerId;
-            _providers[providerId].openLeases += 1;
+            Provider storage p = _providers[providerId];
+            // A provider that is unstaking has no stake to answer for a new lease.
+            if (!p.active) revert ProviderInactive(providerId);
+            p.openLeases += 1;
             delete bidOf[orderId][providerId];
             emit LeaseCreated(bidId, orderId, providerId, d.pricePerGpuHour, gpus, deposit, startedAt, endsAt);
         }
@@ -596,6 +601,9 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         if (msg.sender != o.tenant) {
             if (msg.sender != p.owner) revert NotLeaseParty(leaseId, msg.sender);
             if (block.timestamp < endedAt) revert LeaseNotEnded(leaseId, endedAt);
+            // Not before the tenant has had its chance to reject the hardware.
+            uint40 graceEnds = d.startedAt + attestationGrace;
+            if (block.timestamp < graceEnds) revert GracePeriodActive(leaseId, graceEnds);
         }
         if (block.timestamp < endedAt) endedAt = uint40(block.timestamp);
         _settle(leaseId, d, p, o, endedAt);
