@@ -240,7 +240,8 @@ class ProviderAgent:
     def _on_lease_created(self, ev: dict) -> None:
         with self._lock:
             self._bids.pop(ev["orderId"], None)
-            self._leases[ev["leaseId"]] = _LeaseState(ev["leaseId"], ev["orderId"], ev["gpus"], ev["startedAt"])
+            # The tenant may have started the workers before this poll saw the event: keep that state.
+            self._leases.setdefault(ev["leaseId"], _LeaseState(ev["leaseId"], ev["orderId"], ev["gpus"], ev["startedAt"]))
 
     def _on_lease_ended(self, lease_id: int) -> None:
         with self._lock:

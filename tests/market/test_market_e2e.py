@@ -160,6 +160,27 @@ def test_devnet_not_running_and_wrong_chain_are_clear(market, tmp_path):
         MarketClient.connect(net.info.rpc_url, net.info.market, expected_chain_id=1)
 
 
+def test_scale_leases_more_and_releases_within_the_budget(market, tenant):
+    cluster = LeasedCluster(gpus=1, gpu=ANY_GPU, max_price="3.00", hours=1, budget="7", market=tenant, window=2)
+    try:
+        first = set(cluster.leaser.leases)
+        cluster.scale(2)  # a second auction; its provider's workers join the same scheduler
+        assert cluster.leaser.gpus == 2 and len(cluster.scheduler_info["workers"]) == 2
+        (added,) = set(cluster.leaser.leases) - first
+        with pytest.raises(InvalidRequest, match="exceeds the budget"):
+            cluster.scale(5)
+        assert cluster.leaser.gpus == 2  # refused before any order
+        cluster.scale(1)  # releases the added lease, never the scheduler's host
+        assert set(cluster.leaser.leases) == first
+        assert tenant.lease(added).status == DealStatus.CLOSED
+        with Client(cluster) as client:
+            client.wait_for_workers(1)
+            assert client.submit(square, 9).result() == 81
+    finally:
+        cluster.close()
+    assert {r.lease_id for r in cluster.receipts} == first | {added}
+
+
 def test_killed_provider_is_paid_to_its_last_heartbeat_and_replaced(market, tenant):
     net, agents = market
     before = balances(net, tenant)
