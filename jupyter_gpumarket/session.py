@@ -23,7 +23,7 @@ from pathlib import Path
 import dask.config
 import yaml
 
-from .errors import InsufficientFunds, InvalidRequest, NotFound
+from .errors import GpuMarketError, InsufficientFunds, InvalidRequest, NotFound
 from .market.tenant import receipt_from_chain
 from .spec import SECONDS_PER_HOUR, DealStatus, GpuSpec, Money, Receipt
 
@@ -92,6 +92,7 @@ class Session:
     client: object  # MarketClient with the tenant's signer
     budget: int | None = None  # session cap in base units; None = none
     class_id: int = 0  # classroom mode: leases draw on this class's pool within the student's cap
+    store: object = None  # history.LeaseStore shared with other kernels, or None
     clusters: list = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
@@ -125,7 +126,10 @@ class Session:
             keystore = keystore or config("keystore")
             signer = Signer.from_keystore(keystore, os.environ.get(PASSWORD_ENV, "")) if keystore else Signer.from_env()
             client = MarketClient.connect(rpc_url, market, signer, expected_chain_id=config("chain-id"))
-        session = cls(client, class_id=int(class_id if class_id is not None else config("class-id") or 0))
+        from .history import LeaseStore
+
+        session = cls(client, class_id=int(class_id if class_id is not None else config("class-id") or 0),
+                      store=LeaseStore() if config("history") else None)
         budget = config("budget")
         if budget is not None:
             session.set_budget(budget)
@@ -185,10 +189,36 @@ class Session:
     # -- clusters -----------------------------------------------------------------------
 
     def find(self, request: RentRequest):
+        """A running cluster of this session that fits, else one a previous kernel left live (re-attached)."""
         with self._lock:
             for cluster in self.clusters:
                 if cluster.status.name == "running" and request.fits(cluster):
                     return cluster
+        return self._reattach(request)
+
+    def _reattach(self, request: RentRequest):
+        if self.store is None:
+            return None
+        from .cluster.leased import LeasedCluster
+
+        chain_id, market = self.client.chain_id, self.client.market.address
+        clusters: dict[str, list[dict]] = {}
+        for row in self.store.live_leases(chain_id, market):
+            clusters.setdefault(row["cluster"], []).append(row)
+        mine = {c.name for c in self.clusters}
+        for name, rows in clusters.items():
+            record = self.store.cluster(name)
+            if name in mine or record is None or record["tenant"] != self.client.address:
+                continue
+            try:
+                cluster = LeasedCluster.from_lease(rows[0]["lease_id"], market=self.client, store=self.store)
+            except GpuMarketError:
+                continue  # its leases ended meanwhile; the store now says so
+            if request.fits(cluster):
+                with self._lock:
+                    self.clusters.append(cluster)
+                return cluster
+            cluster.close()
         return None
 
     def rent(self, request: RentRequest, on_bid=None, reuse: bool = True):
@@ -216,6 +246,7 @@ class Session:
             on_bid=on_bid,
             heartbeat_timeout=float(config("heartbeat-timeout")),
             class_id=self.class_id,
+            store=self.store,
         )
         with self._lock:
             self.clusters.append(cluster)
@@ -261,6 +292,20 @@ class Session:
                     "elapsed_s": max(0, now - lease.started_at),
                     "spent": lease.accrued_at(now),
                     "cluster": cluster.name,
+                    "attached": True,
+                })
+        if self.store is not None:  # live leases an earlier kernel left: re-attachable
+            attached = {r["lease"] for r in rows}
+            for rec in self.store.live_leases(self.client.chain_id, self.client.market.address):
+                if rec["lease_id"] in attached:
+                    continue
+                lease = self.client.lease(rec["lease_id"])
+                if lease.status != DealStatus.ACTIVE:
+                    continue
+                rows.append({
+                    "lease": lease.id, "provider": lease.provider_id, "gpu": "", "gpus": lease.gpus,
+                    "price_per_gpu_hour": lease.price_per_gpu_hour, "elapsed_s": max(0, now - lease.started_at),
+                    "spent": lease.accrued_at(now), "cluster": rec["cluster"], "attached": False,
                 })
         return rows
 

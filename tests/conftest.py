@@ -31,3 +31,18 @@ def chain(net):
     snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]
     yield net
     net.w3.provider.make_request("evm_revert", [snapshot])
+
+
+@pytest.fixture(scope="session", autouse=True)
+def gpumarket_home(tmp_path_factory):
+    """Keep lease history, CA files and devnet files of the test run out of the user's home."""
+    import os
+
+    home = tmp_path_factory.mktemp("gpumarket-home")
+    old = os.environ.get("GPUMARKET_HOME")
+    os.environ["GPUMARKET_HOME"] = str(home)
+    yield home
+    if old is None:
+        os.environ.pop("GPUMARKET_HOME", None)
+    else:
+        os.environ["GPUMARKET_HOME"] = old

@@ -26,7 +26,7 @@ from distributed.core import Status, rpc
 from distributed.deploy.cluster import Cluster
 from tornado.ioloop import PeriodicCallback
 
-from ..errors import GpuMarketError, InvalidRequest
+from ..errors import GpuMarketError, InvalidRequest, NotFound
 from ..spec import GpuSpec, Money
 
 logger = logging.getLogger(__name__)
@@ -57,6 +57,8 @@ class LeasedCluster(Cluster):
     window: seconds providers have to bid; select: "cost" (expected cost to complete) or "price".
     partial: "accept" what is offered, or "cancel" (refund) when fewer GPUs are offered.
     class_id: pay from this class pool within the account's allowance (classroom mode).
+    store: a :class:`~jupyter_gpumarket.history.LeaseStore` to record leases in, so another
+        kernel can re-attach with :meth:`from_lease`.
     """
 
     def __init__(
@@ -78,6 +80,7 @@ class LeasedCluster(Cluster):
         heartbeat_timeout: float = 6.0,
         worker_timeout: float = 60.0,
         class_id: int = 0,
+        store=None,
         asynchronous: bool = False,
         loop=None,
         name: str | None = None,
@@ -100,6 +103,8 @@ class LeasedCluster(Cluster):
                 on_bid=on_bid,
                 heartbeat_timeout=heartbeat_timeout,
                 class_id=class_id,
+                name=self.name,
+                store=store,
             )
         self.leaser = leaser
         self.market = leaser.client
@@ -128,7 +133,8 @@ class LeasedCluster(Cluster):
             return
         self.status = Status.starting
         try:
-            await asyncio.to_thread(self.leaser.lease, self._initial_gpus)
+            if self.leaser.scheduler_address is None:  # a re-attached cluster has its leases already
+                await asyncio.to_thread(self.leaser.lease, self._initial_gpus)
             self.scheduler_comm = rpc(
                 self.leaser.scheduler_address, connection_args=self.security.get_connection_args("client")
             )
@@ -142,6 +148,23 @@ class LeasedCluster(Cluster):
         self.periodic_callbacks["heartbeats"] = callback
         callback.start()
         self.status = Status.running
+
+    @classmethod
+    def from_lease(cls, lease_id: int, *, market, store=None, **kwargs) -> "LeasedCluster":
+        """Re-attach to the live cluster that lease ``lease_id`` belongs to (e.g. after a kernel restart).
+
+        No order is made: the leases, scheduler and CA come from the lease history store.
+        """
+        from ..history import LeaseStore
+        from ..market.tenant import TenantLeaser
+
+        store = store or LeaseStore()
+        record = store.lease(market.chain_id, market.market.address, lease_id)
+        if record is None:
+            raise NotFound(f"lease {lease_id} is not in this machine's lease history; it cannot be re-attached here")
+        leaser = TenantLeaser.restore(market, store, record["cluster"],
+                                      heartbeat_timeout=kwargs.pop("heartbeat_timeout", 6.0))
+        return cls(gpus=leaser.gpus, market=market, leaser=leaser, name=record["cluster"], **kwargs)
 
     def __await__(self):
         async def _():
@@ -187,6 +210,8 @@ class LeasedCluster(Cluster):
         await super()._close()
         await asyncio.to_thread(self.leaser.release_all)
         self.leaser.close()
+        if self.leaser.store is not None:
+            self.leaser.store.close_cluster(self.name)
 
     # -- liveness ---------------------------------------------------------------------
 

@@ -141,12 +141,9 @@ def _now() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-def _key_pem(key) -> str:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ).decode("ascii")
+def _key_pem(key, password: bytes | None = None) -> str:
+    encryption = serialization.BestAvailableEncryption(password) if password else serialization.NoEncryption()
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption).decode("ascii")
 
 
 def _write_private(path: Path, data: bytes) -> Path:
@@ -188,10 +185,14 @@ def _read_private(path: PathLike) -> bytes:
     return path.read_bytes()
 
 
-def _split_key_and_cert(blob: bytes, what: str):
+def _split_key_and_cert(blob: bytes, what: str, password: bytes | None = None):
     try:
-        key = serialization.load_pem_private_key(blob, password=None)
-    except (ValueError, TypeError) as e:
+        key = serialization.load_pem_private_key(blob, password=password)
+    except TypeError:
+        raise NotAuthorized(f"the {what} file is encrypted and needs its password") from None
+    except ValueError as e:
+        if password is not None and b"ENCRYPTED" in blob:
+            raise NotAuthorized(f"wrong password for the {what} file") from None
         raise InvalidRequest(f"malformed {what} file: no usable private key ({e})") from None
     if not isinstance(key, ec.EllipticCurvePrivateKey):
         raise InvalidRequest(f"{what} file holds a {type(key).__name__}, expected an EC key")
@@ -421,16 +422,16 @@ class TenantCA:
 
     # -- persistence ---------------------------------------------------------
 
-    def save(self, path: PathLike) -> Path:
-        """Write the CA key and certificate to ``path`` (mode 0600)."""
-        blob = _key_pem(self.__key).encode() + self._cert_pem
+    def save(self, path: PathLike, password: bytes | None = None) -> Path:
+        """Write the CA key (encrypted when a ``password`` is given) and certificate to ``path`` (mode 0600)."""
+        blob = _key_pem(self.__key, password).encode() + self._cert_pem
         return _write_private(Path(path), blob)
 
     @classmethod
-    def load(cls, path: PathLike) -> TenantCA:
+    def load(cls, path: PathLike, password: bytes | None = None) -> TenantCA:
         """Re-attach to a CA written by :meth:`save` (refuses group/world-readable files)."""
         blob = _read_private(path)
-        key = _split_key_and_cert(blob, "tenant CA")
+        key = _split_key_and_cert(blob, "tenant CA", password)
         cert = _load_cert(blob, "tenant CA certificate")
         return cls(key, cert)
 

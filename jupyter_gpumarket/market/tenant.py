@@ -19,7 +19,7 @@ from typing import Callable
 from urllib.parse import urlparse
 
 from ..cluster.tls import TenantCA
-from ..errors import GpuMarketError, InsufficientFunds, ProviderUnreachable, WrongState
+from ..errors import GpuMarketError, InsufficientFunds, NotAuthorized, NotFound, ProviderUnreachable, WrongState
 from ..spec import Bid, DealStatus, GpuSpec, Lease, Provider, Receipt
 from ..verify.heartbeat import HeartbeatDomain, HeartbeatMonitor, SignedHeartbeat
 from .auction import AuctionResult, PartialPolicy, Rule, request_gpus
@@ -62,6 +62,9 @@ class TenantLeaser:
         on_bid: Callable[[Bid, Provider | None], None] | None = None,
         heartbeat_timeout: float = 6.0,
         class_id: int = 0,
+        name: str = "",
+        store=None,
+        ca: TenantCA | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -74,7 +77,9 @@ class TenantLeaser:
         self.on_bid = on_bid
         self.heartbeat_timeout = heartbeat_timeout
         self.class_id = class_id  # pay from this class pool (classroom mode); 0 = own wallet
-        self.ca = TenantCA.create()
+        self.name = name or "cluster"
+        self.store = store  # a history.LeaseStore, or None to keep nothing on disk
+        self.ca = ca or TenantCA.create()
         self._workdir = tempfile.TemporaryDirectory(prefix="gpumarket-tenant-")
         self.security = self.ca.client_security(self._workdir.name)
         self.domain = HeartbeatDomain(client.chain_id, client.market.address)
@@ -143,8 +148,67 @@ class TenantLeaser:
         if not scheduler:
             self.scheduler_address = started["scheduler"]
             self.dashboard_link = started.get("dashboard")
+            self._record_cluster()
         self.leases[lease.id] = handle
+        if self.store is not None:
+            self.store.record_lease(
+                lease.id, chain_id=self.client.chain_id, market=self.client.market.address, cluster=self.name,
+                order_id=lease.order_id, provider_id=provider.id, endpoint=bid.endpoint,
+                hosts_scheduler=handle.hosts_scheduler, gpus=lease.gpus, price=lease.price_per_gpu_hour,
+                deposit=lease.deposit, started_at=lease.started_at, provider_fingerprint=bid.cert_fingerprint.hex(),
+                tenant_ca_fingerprint=self.ca.fingerprint.hex(),
+            )
         return handle
+
+    def _record_cluster(self) -> None:
+        """Keep what a restarted kernel needs to re-attach: the CA (encrypted), the scheduler, the request."""
+        if self.store is None:
+            return
+        from ..chain.devnet import default_state_dir
+        from ..history import ca_password
+
+        ca_path = self.ca.save(default_state_dir() / "clusters" / f"{self.name}.ca.pem", ca_password(self.client.signer))
+        request = {"gpu": self.spec.model, "min_memory_gib": self.spec.min_memory_gib, "region": self.spec.region,
+                   "max_price": self.max_price, "hours": self.hours, "budget": self.budget, "window": self.window,
+                   "rule": self.rule, "partial": self.partial, "class_id": self.class_id}
+        self.store.record_cluster(self.name, chain_id=self.client.chain_id, market=self.client.market.address,
+                                  tenant=self.client.address, ca_path=str(ca_path), scheduler=self.scheduler_address,
+                                  request=request)
+
+    @classmethod
+    def restore(cls, client, store, name: str, heartbeat_timeout: float = 6.0) -> "TenantLeaser":
+        """The leaser of cluster ``name`` as a previous kernel left it: live leases from the chain and the store."""
+        import json
+
+        from ..history import ca_password
+
+        row = store.cluster(name)
+        if row is None:
+            raise NotFound(f"no cluster {name!r} in the lease history; see %gpumarket leases")
+        if row["tenant"] != client.address:
+            raise NotAuthorized(f"cluster {name} belongs to {row['tenant']}; connect with that account")
+        request = json.loads(row["request"] or "{}")
+        spec = GpuSpec(1, request.get("gpu", ""), request.get("min_memory_gib", 0), request.get("region", ""))
+        leaser = cls(client, spec, request.get("max_price", 1), request.get("hours", 1.0), request.get("budget", 1),
+                     window=request.get("window", 5), rule=request.get("rule", "cost"),
+                     partial=request.get("partial", "accept"), heartbeat_timeout=heartbeat_timeout,
+                     class_id=request.get("class_id", 0), name=name, store=store,
+                     ca=TenantCA.load(row["ca_path"], ca_password(client.signer)))
+        leaser.scheduler_address = row["scheduler"]
+        for rec in store.live_leases(client.chain_id, client.market.address, cluster=name):
+            lease = client.lease(rec["lease_id"])
+            if lease.status != DealStatus.ACTIVE:
+                store.settle_lease(client.chain_id, client.market.address, lease.id,
+                                   receipt_from_chain(client, lease.id).__dict__ | {"tx_hashes": []})
+                continue
+            provider = client.provider(lease.provider_id)
+            leaser.leases[lease.id] = LeaseHandle(
+                lease, provider, rec["endpoint"], bool(rec["hosts_scheduler"]), workers=[],
+                monitor=HeartbeatMonitor(lease.id, provider.owner, leaser.domain),
+            )
+        if not leaser.leases:
+            raise WrongState(f"cluster {name} has no live lease left to re-attach to; start a new one")
+        return leaser
 
     # -- releasing -------------------------------------------------------------------
 
@@ -185,6 +249,9 @@ class TenantLeaser:
             hashes.append(tx.hash)
         receipt = self.receipt(lease_id, hashes)
         self.receipts.append(receipt)
+        if self.store is not None:
+            self.store.settle_lease(self.client.chain_id, self.client.market.address, lease_id,
+                                    {**receipt.__dict__, "tx_hashes": list(receipt.tx_hashes)})
         return receipt
 
     def receipt(self, lease_id: int, tx_hashes: list[str] = ()) -> Receipt:

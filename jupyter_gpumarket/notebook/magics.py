@@ -124,9 +124,11 @@ class GpuMarketMagics(Magics):
         if not rows:
             print("no live leases")
         for r in rows:
+            where = "" if r["attached"] else f" (left by an earlier kernel in cluster {r['cluster']}; " \
+                                             "a matching %%gpurent re-attaches)"
             print(f"lease {r['lease']}: provider {r['provider']} {r['gpus']}x {r['gpu']} at "
                   f"{session.money(r['price_per_gpu_hour']).short()}/GPU-h, {r['elapsed_s']} s, "
-                  f"spent {session.money(r['spent']).short()}")
+                  f"spent {session.money(r['spent']).short()}{where}")
 
     def _cmd_release(self, args) -> None:
         session = self._session()

@@ -16,7 +16,7 @@ from distributed import Client
 from jupyter_gpumarket.chain import Devnet, DevnetParams, MarketClient
 from jupyter_gpumarket.cluster.leased import LeasedCluster
 from jupyter_gpumarket.cluster.tls import TenantCA
-from jupyter_gpumarket.errors import ChainUnavailable, InvalidRequest
+from jupyter_gpumarket.errors import ChainUnavailable, InvalidRequest, NotFound
 from jupyter_gpumarket.market.auction import NoBids, OverBudget
 from jupyter_gpumarket.spec import DealStatus, GpuSpec, accrued
 
@@ -179,6 +179,57 @@ def test_scale_leases_more_and_releases_within_the_budget(market, tenant):
     finally:
         cluster.close()
     assert {r.lease_id for r in cluster.receipts} == first | {added}
+
+
+KERNEL_THAT_DIES = """
+import os, sys
+from distributed import Client
+from jupyter_gpumarket.chain import Devnet
+from jupyter_gpumarket.cluster.leased import LeasedCluster
+from jupyter_gpumarket.history import LeaseStore
+
+tenant = Devnet.load(sys.argv[1]).client("tenant")
+cluster = LeasedCluster(gpus=1, gpu="{gpu}", max_price="3.00", hours=1, budget="5", market=tenant, window=2,
+                        store=LeaseStore())
+with Client(cluster) as client:
+    assert client.submit(sum, [1, 2]).result() == 3
+print("LEASE", *cluster.leaser.leases, flush=True)
+os._exit(0)  # the kernel dies: nothing is closed or released
+"""
+
+
+def test_reattach_after_the_kernel_died(market, tenant, tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    from jupyter_gpumarket.history import LeaseStore
+
+    net, _ = market
+    monkeypatch.setenv("GPUMARKET_HOME", str(tmp_path))
+    script = tmp_path / "kernel.py"
+    script.write_text(KERNEL_THAT_DIES.format(gpu=ANY_GPU))
+    proc = subprocess.run([sys.executable, str(script), str(net.state_dir)], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "GPUMARKET_HOME": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lease_id = int(proc.stdout.split("LEASE")[1].split()[0])
+    assert tenant.lease(lease_id).status == DealStatus.ACTIVE  # still leased, still paying
+    ca_file = next((tmp_path / "clusters").glob("*.ca.pem"))
+    assert b"ENCRYPTED PRIVATE KEY" in ca_file.read_bytes() and oct(ca_file.stat().st_mode)[-3:] == "600"
+
+    orders = tenant.market.functions.orderCount().call()
+    store = LeaseStore()
+    cluster = LeasedCluster.from_lease(lease_id, market=tenant, store=store)
+    try:
+        with Client(cluster) as client:
+            assert client.submit(square, 11).result() == 121  # the same cluster answers
+        assert set(cluster.leaser.leases) == {lease_id}
+        assert tenant.market.functions.orderCount().call() == orders  # no second order
+    finally:
+        cluster.close()
+    assert tenant.lease(lease_id).status == DealStatus.CLOSED
+    assert store.lease(tenant.chain_id, tenant.market.address, lease_id)["state"] == "settled"
+    with pytest.raises(NotFound, match="not in this machine's lease history"):
+        LeasedCluster.from_lease(10_000, market=tenant, store=store)
 
 
 def test_killed_provider_is_paid_to_its_last_heartbeat_and_replaced(market, tenant):
