@@ -1,0 +1,831 @@
+"""Hardware attestation of a lease's workers, run by the tenant at lease start.
+
+Within the contract's grace period the tenant checks, through its
+``distributed.Client``, that every leased worker has the GPU its provider
+claimed (DESIGN.md, flow step 6 and "Verification"). For each worker:
+
+1. **Inventory.** :func:`inventory` runs on the worker: GPU model, memory and
+   driver through NVML (optional ``pynvml``) when an NVIDIA GPU is there,
+   otherwise the profile the worker declares through the runtime's
+   ``gpu_profile`` plugin (``simulated=True`` on CPU devnets). The model must
+   contain the claimed model name, the memory must be at least the claimed
+   memory (less 7 %: NVML reports 79.6 GiB for an "80 GB" card), and a profile
+   that says "real GPU" while NVML sees none fails. This call is also timed as
+   the worker's round-trip latency.
+2. **Timed, seeded benchmark.** :func:`run_challenge` computes, from a fresh
+   random 64-bit seed per worker and per round (:mod:`secrets`), chains of
+   matrix products ``X <- tanh(X @ B)`` (``reps`` products in ``segments``
+   independent chains of at most 16) over matrices generated from the seed by a counter-based
+   integer hash, so the worker (torch on CUDA in bf16, the precision dense
+   TFLOPS claims are quoted in; torch or numpy in fp32 on CPU) and the tenant
+   (numpy) generate bit-identical inputs. The worker returns the sum of every
+   row of every chain's final matrix (a commitment to the whole result) and a
+   SHA-256 of those sums rounded (recorded with the lease). The matrix size
+   grows with the claimed memory, up to a cap that keeps the tenant's check
+   cheap (768 on CPU, 8192 on GPU); the number of products is chosen so one
+   round takes about ``round_seconds``.
+3. **Result check.** After the worker has committed to all row sums, the tenant
+   draws ``sample_rows`` random (chain, row) pairs and recomputes them locally
+   in float64: row ``i`` of a ``tanh(X @ B)`` chain depends only on row ``i``
+   of the start matrix and on ``B``, so one row costs ``steps * n**2`` instead
+   of the worker's ``n * steps * n**2``. A worker that skipped a fraction ``f``
+   of the work and invented the rest is caught with probability
+   ``1 - (1 - f) ** sample_rows``; one that fabricates everything always is.
+   Sums must agree within ``1e-3 * sqrt(n)`` (fp32) or ``2e-2 * sqrt(n)``
+   (bf16/fp16; measured error ~5e-3) while a row sum is ~0.2 sqrt(n) and an
+   invented one is off by about as much; no exact
+   float hash is compared, so honest hardware never fails on rounding.
+4. **Throughput.** Time is measured by the tenant, not reported by the worker:
+   the wall time of the ``client.submit`` round trip minus the inventory
+   round trip, so a worker cannot claim to be faster than it is. Each worker
+   runs ``rounds`` rounds (more, up to ``max_rounds``, while the verdict is
+   within 30 % of the threshold) and the fastest round counts (robust to a
+   transient stall); ``flops = 2 * n**3 * reps``. The worker fails when
+   ``measured < tolerance * expected``, with the figures in the reason.
+
+Calibration on CPU devnets
+--------------------------
+A simulated worker claims, say, an H100's 989 TFLOPS, but is a CPU thread pool
+that delivers ~0.05 TFLOPS: comparing the two would fail every honest devnet
+provider. For simulated workers the tenant therefore measures *this* CPU with
+the same :func:`run_challenge` in its own process, interleaved with the
+worker's rounds (local, remote, remote, local, local, ...; the order matters
+because BLAS thread pools spin for a while after a product and slow whatever
+runs next) and with the worker's thread count; ``cpu`` and ``remote`` are the
+best round speeds. With
+``cpu_reference_tflops`` (the claimed figure that stands for one full CPU
+worker; default: the worker's own claim) the worker's throughput in claim
+units is::
+
+    measured_tflops = remote / cpu * cpu_reference_tflops
+
+and it passes when ``measured_tflops >= tolerance * claimed``. With the
+default reference this is simply ``remote / cpu >= tolerance``: an honest
+simulated worker delivers the full CPU (ratio ~1, whatever else the machine is
+doing, since both sides are measured under the same load), a worker that
+delivers half (a provider that wastes half its time, or :class:`SimulatedBehaviour` with
+``throughput=0.5``) has ratio ~0.5 < 0.6 and fails. ``measured_tflops`` is in
+the claim's units, so it can feed the auction's ``measured_tflops``. For real
+GPUs (``simulated=False``) no calibration applies: ``expected = claimed``.
+
+On a devnet every worker shares the tenant's CPU, so simulated workers are
+attested one after the other (``concurrent=None`` decides: concurrent only when
+no worker is simulated, i.e. each worker has its own GPU).
+
+:class:`SimulatedBehaviour` is a devnet-only worker plugin that models
+dishonest or weak providers for tests and the market simulation (deliver a
+fraction of the throughput, invent a fraction of the results). It can only
+make a worker slower or wrong, never make one pass, so attestation does not
+need to trust it.
+
+>>> Challenge.fresh(n=64, reps=4).flops
+2097152
+>>> r = run_challenge(7, 64, 4)
+>>> verify_rows(Challenge(seed=7, n=64, reps=4), r, [(0, 3), (0, 60)]) is None
+True
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import os
+import random
+import secrets
+import statistics
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from ..errors import InvalidRequest, WrongState
+
+__all__ = [
+    "AttestationFailed",
+    "AttestationReport",
+    "Challenge",
+    "SimulatedBehaviour",
+    "WorkerAttestation",
+    "attest_lease",
+    "inventory",
+    "run_challenge",
+    "simulate_behaviour",
+    "verify_rows",
+]
+
+#: Worker plugin name of :class:`SimulatedBehaviour`.
+BEHAVIOUR_PLUGIN = "gpu_behaviour"
+
+_M32 = 0xFFFFFFFF
+_GAIN = 1.0  # B's scale: edge of the ordered regime, so float noise does not grow along a chain
+CPU_MAX_N = 768  # ~0.9 GFLOP per product: a few ms to tens of ms on one CPU, matrices ~2 MiB
+GPU_MAX_N = 8192  # 1.1 TFLOP per product; the tenant's check generates B (256 MiB in fp32)
+_MEMORY_FRACTION = 0.25  # of the claimed memory, for the three n x n matrices
+_TOL = {"float32": 1e-3, "float64": 1e-3, "bfloat16": 2e-2, "float16": 2e-2}
+_MARGIN = 1.3  # verdicts within this factor of the tolerance get more rounds
+_MAX_STEPS = 16  # products per chain: activations stay O(1), bf16 noise stays ~30x below a row sum
+_MEMORY_SLACK = 0.93
+
+
+class AttestationFailed(WrongState):
+    """A lease's hardware failed attestation (see :attr:`AttestationReport.reason`)."""
+
+
+# -- the challenge ------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Challenge:
+    """One round for one worker: ``reps`` products of ``n x n`` matrices from ``seed``.
+
+    The products form ``segments`` independent chains of ``reps // segments``
+    products each (``X <- tanh(X @ B)``), so the tenant's check of one row costs
+    one chain, not the whole challenge.
+    """
+
+    seed: int
+    n: int
+    reps: int
+    segments: int = 1
+
+    def __post_init__(self):
+        if not (0 <= self.seed < 2**64):
+            raise InvalidRequest(f"challenge seed must be a 64-bit unsigned integer, got {self.seed!r}")
+        if not (2 <= self.n <= 65536):
+            raise InvalidRequest(f"challenge size n must be in [2, 65536], got {self.n!r}")
+        if self.reps < 1 or self.segments < 1 or self.reps % self.segments:
+            raise InvalidRequest(
+                f"reps ({self.reps}) must be a positive multiple of segments ({self.segments})"
+            )
+
+    @property
+    def steps(self) -> int:
+        """Products per chain."""
+        return self.reps // self.segments
+
+    @property
+    def flops(self) -> int:
+        return 2 * self.n**3 * self.reps
+
+    @classmethod
+    def fresh(cls, n: int, reps: int, segments: int = 1) -> Challenge:
+        """A challenge with a fresh random seed (never reuse one across workers or rounds)."""
+        return cls(seed=secrets.randbits(64), n=n, reps=reps, segments=segments)
+
+    @staticmethod
+    def size_for(memory_gib: float, simulated: bool, *, cpu_max_n: int = CPU_MAX_N, gpu_max_n: int = GPU_MAX_N) -> int:
+        """Matrix size for a claimed memory: three matrices in a quarter of it, capped, a multiple of 64."""
+        bytes_per = 4 if simulated else 2
+        n = int(math.sqrt(max(memory_gib, 0.0) * 2**30 * _MEMORY_FRACTION / (3 * bytes_per)))
+        cap = cpu_max_n if simulated else gpu_max_n
+        return max(64, min(cap, n) // 64 * 64)
+
+
+def _key(seed: int, tag: str) -> int:
+    digest = hashlib.sha256(f"gpumarket-attest:{seed}:{tag}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def _mix(x):
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    x = ((x ^ (x >> 16)) * 0x45D9F3B) & _M32
+    return x ^ (x >> 16)
+
+
+def _hash24(idx, key: int):
+    """24-bit pseudo-random integers from int64 indices (< 2**32); numpy or torch alike."""
+    x = _mix((idx ^ (key & _M32)) & _M32)
+    x = _mix(x ^ ((key >> 32) & _M32))
+    return x >> 8
+
+
+def _np_start_rows(seed: int, n: int, segment: int, rows: Sequence[int]) -> np.ndarray:
+    idx = (np.asarray(rows, dtype=np.int64)[:, None] * n + np.arange(n, dtype=np.int64)[None, :])
+    u = _hash24(idx, _key(seed, f"X{segment}")).astype(np.float32)
+    return (u - np.float32(2**23)) / np.float32(2**23)
+
+
+def _np_b(seed: int, n: int) -> np.ndarray:
+    out = np.empty((n, n), dtype=np.float32)
+    key = _key(seed, "B")
+    scale = np.float32(_GAIN * math.sqrt(3.0 / n))
+    block = max(1, 2**22 // n)
+    for r0 in range(0, n, block):
+        r1 = min(n, r0 + block)
+        idx = np.arange(r0 * n, r1 * n, dtype=np.int64).reshape(r1 - r0, n)
+        u = _hash24(idx, key).astype(np.float32)
+        out[r0:r1] = (u - np.float32(2**23)) / np.float32(2**23) * scale
+    return out
+
+
+def _torch_matrix(torch, seed: int, n: int, tag: str, device, scale: float | None):
+    idx = torch.arange(n * n, dtype=torch.int64, device=device).reshape(n, n)
+    u = _hash24(idx, _key(seed, tag)).to(torch.float32)
+    del idx
+    m = (u - 2.0**23) / 2.0**23
+    if scale is not None:
+        m = m * torch.tensor(scale, dtype=torch.float32, device=device)
+    return m
+
+
+def _backend() -> tuple[str, Any]:
+    """('cuda'|'cpu', torch) when torch is importable, else ('cpu', None) for numpy."""
+    try:
+        import torch
+    except ImportError:
+        return "cpu", None
+    return ("cuda" if torch.cuda.is_available() else "cpu"), torch
+
+
+def _compute(ch: Challenge) -> tuple[np.ndarray, str, str]:
+    """Row sums (segments x n, float64) of each chain's final matrix, device and dtype used."""
+    device, torch = _backend()
+    n = ch.n
+    scale = float(np.float32(_GAIN * math.sqrt(3.0 / n)))
+    if torch is not None:
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        with torch.no_grad():
+            b = _torch_matrix(torch, ch.seed, n, "B", device, scale).to(dtype)
+            out = []
+            for s in range(ch.segments):
+                x = _torch_matrix(torch, ch.seed, n, f"X{s}", device, None).to(dtype)
+                for _ in range(ch.steps):
+                    x = torch.tanh(x @ b)
+                out.append(x.float().sum(dim=1))
+            sums = torch.stack(out)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            return sums.cpu().double().numpy(), device, str(dtype).removeprefix("torch.")
+    b = _np_b(ch.seed, n)
+    out = []
+    for s in range(ch.segments):
+        x = _np_start_rows(ch.seed, n, s, range(n))
+        for _ in range(ch.steps):
+            x = np.tanh(x @ b)
+        out.append(x.sum(axis=1, dtype=np.float64))
+    return np.stack(out), "cpu", "float32"
+
+
+def _digest(sums: np.ndarray) -> str:
+    return hashlib.sha256(np.round(np.asarray(sums, dtype=np.float64), 1).tobytes()).hexdigest()
+
+
+# -- worker side ----------------------------------------------------------------
+
+
+def _current_worker():
+    try:
+        from distributed import get_worker
+
+        return get_worker()
+    except ValueError:  # not inside a task: the tenant's local calibration
+        return None
+
+
+def _threads(torch) -> int:
+    if torch is not None:
+        return int(torch.get_num_threads())
+    return os.cpu_count() or 1
+
+
+def _nvml_inventory() -> dict[str, Any] | None:
+    try:
+        import pynvml  # optional, part of the [gpu] extra
+    except ImportError:
+        return None
+    try:
+        pynvml.nvmlInit()
+    except Exception:
+        return None
+    try:
+        if pynvml.nvmlDeviceGetCount() < 1:
+            return None
+        index = 0
+        visible = os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",")[0].strip()
+        if visible.isdigit():
+            index = int(visible)
+        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        name = pynvml.nvmlDeviceGetName(handle)
+        driver = pynvml.nvmlSystemGetDriverVersion()
+        mem = pynvml.nvmlDeviceGetMemoryInfo(handle).total
+        return {
+            "model": name.decode() if isinstance(name, bytes) else str(name),
+            "memory_gib": mem / 2**30,
+            "driver": driver.decode() if isinstance(driver, bytes) else str(driver),
+            "source": "nvml",
+        }
+    except Exception:
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            pynvml.nvmlShutdown()
+
+
+def inventory(dask_worker=None) -> dict[str, Any]:
+    """What this worker's GPU is: NVML when present, else its declared profile.
+
+    Keys: ``model``, ``memory_gib``, ``driver``, ``source`` (``"nvml"``,
+    ``"declared"`` or ``"none"``), ``simulated``, ``declared`` (the profile
+    dict or None), ``device``, ``threads``. Usable with ``client.run`` too.
+    """
+    from ..cluster.runtime import PROFILE_PLUGIN
+
+    worker = dask_worker if dask_worker is not None else _current_worker()
+    declared = None
+    if worker is not None:
+        plugin = worker.plugins.get(PROFILE_PLUGIN)
+        if plugin is not None:
+            declared = plugin.profile.to_dict()
+    device, torch = _backend()
+    info: dict[str, Any] = {"device": device, "threads": _threads(torch), "declared": declared}
+    nvml = _nvml_inventory()
+    if nvml is not None:
+        info.update(nvml, simulated=False)
+    elif declared is not None:
+        info.update(
+            model=declared["model"],
+            memory_gib=float(declared["memory_gib"]),
+            driver=None,
+            source="declared",
+            simulated=bool(declared.get("simulated", True)),
+        )
+    else:
+        info.update(model=None, memory_gib=0.0, driver=None, source="none", simulated=True)
+    return info
+
+
+def run_challenge(seed: int, n: int, reps: int, segments: int = 1) -> dict[str, Any]:
+    """Worker side of one round: inventory, then the timed seeded benchmark.
+
+    Returns ``row_sums`` (``segments x n`` list of floats: the commitment the
+    tenant samples), ``digest`` (SHA-256 of the rounded sums), ``seconds`` and
+    ``tflops`` as the worker measured them (informative; the tenant times the
+    round trip itself), ``device``, ``dtype`` and ``inventory``.
+    """
+    ch = Challenge(seed=int(seed), n=int(n), reps=int(reps), segments=int(segments))
+    worker = _current_worker()
+    inv = inventory(worker)
+    t0 = time.perf_counter()
+    sums, device, dtype = _compute(ch)
+    seconds = time.perf_counter() - t0
+    behaviour = worker.plugins.get(BEHAVIOUR_PLUGIN) if worker is not None else None
+    if behaviour is not None:
+        sums, seconds = behaviour.apply(ch, sums, seconds)
+    return {
+        "seed": ch.seed,
+        "n": ch.n,
+        "reps": ch.reps,
+        "segments": ch.segments,
+        "row_sums": sums.tolist(),
+        "digest": _digest(sums),
+        "seconds": seconds,
+        "tflops": ch.flops / max(seconds, 1e-12) / 1e12,
+        "device": device,
+        "dtype": dtype,
+        "inventory": inv,
+    }
+
+
+class SimulatedBehaviour(WorkerPlugin):
+    """Devnet-only: make a worker deliver ``throughput`` of its speed and invent ``wrong_rows`` of its results.
+
+    ``throughput=0.5`` keeps computing as long again as each challenge took (a
+    provider claiming more than it has); ``wrong_rows=f`` replaces a fraction ``f`` of
+    the returned row sums with made-up numbers (a provider skipping work).
+    Install with ``Worker(plugins={SimulatedBehaviour(...)})``, or on one worker
+    with ``client.run(simulate_behaviour, throughput=0.5, workers=[addr])``.
+    """
+
+    name = BEHAVIOUR_PLUGIN
+
+    def __init__(self, throughput: float = 1.0, wrong_rows: float = 0.0):
+        if not (0.0 < throughput <= 1.0):
+            raise InvalidRequest(f"throughput must be in (0, 1], got {throughput!r}")
+        if not (0.0 <= wrong_rows <= 1.0):
+            raise InvalidRequest(f"wrong_rows must be in [0, 1], got {wrong_rows!r}")
+        self.throughput = float(throughput)
+        self.wrong_rows = float(wrong_rows)
+
+    def apply(self, ch: Challenge, sums: np.ndarray, seconds: float) -> tuple[np.ndarray, float]:
+        if self.wrong_rows > 0:
+            rng = np.random.default_rng()
+            sums = sums.copy()
+            bad = rng.random(sums.shape) < self.wrong_rows
+            sums[bad] = rng.normal(0.0, math.sqrt(ch.n), size=int(bad.sum()))
+        if self.throughput < 1.0:
+            # Stay busy (as a slower device would) rather than sleep: an idle gap changes
+            # how fast the next computation on a shared CPU runs.
+            t0 = time.perf_counter()
+            deadline = t0 + seconds * (1.0 / self.throughput - 1.0)
+            per_product = seconds / ch.reps
+            waste = Challenge(seed=(ch.seed + 1) % 2**64, n=ch.n, reps=1)
+            while deadline - time.perf_counter() > 1.5 * per_product:
+                _compute(waste)
+            time.sleep(max(0.0, deadline - time.perf_counter()))
+            seconds += time.perf_counter() - t0
+        return sums, seconds
+
+
+def simulate_behaviour(dask_worker=None, throughput: float = 1.0, wrong_rows: float = 0.0) -> None:
+    """``client.run(simulate_behaviour, throughput=..., wrong_rows=..., workers=[...])``; 1.0/0.0 removes it."""
+    worker = dask_worker if dask_worker is not None else _current_worker()
+    if throughput >= 1.0 and wrong_rows <= 0.0:
+        worker.plugins.pop(BEHAVIOUR_PLUGIN, None)
+    else:
+        worker.plugins[BEHAVIOUR_PLUGIN] = SimulatedBehaviour(throughput, wrong_rows)
+
+
+# -- tenant side ----------------------------------------------------------------
+
+
+def verify_rows(ch: Challenge, result: Mapping[str, Any], picks: Sequence[tuple[int, int]]) -> str | None:
+    """Recompute the (segment, row) sums ``picks`` in float64; None if they match, else why not."""
+    sums = np.asarray(result.get("row_sums"), dtype=np.float64)
+    if sums.shape != (ch.segments, ch.n):
+        return f"result has row sums of shape {sums.shape}, expected {(ch.segments, ch.n)}"
+    if not np.all(np.isfinite(sums)):
+        return "result has non-finite row sums"
+    if not picks:
+        return None
+    b = _np_b(ch.seed, ch.n).astype(np.float64)
+    tol = _TOL.get(str(result.get("dtype")), max(_TOL.values())) * math.sqrt(ch.n)
+    by_segment: dict[int, list[int]] = {}
+    for seg, row in picks:
+        by_segment.setdefault(int(seg), []).append(int(row))
+    wrong = 0
+    worst = 0.0
+    for seg, rows in by_segment.items():
+        x = _np_start_rows(ch.seed, ch.n, seg, rows).astype(np.float64)
+        for _ in range(ch.steps):
+            x = np.tanh(x @ b)
+        diff = np.abs(x.sum(axis=1) - sums[seg, rows])
+        wrong += int((diff > tol).sum())
+        worst = max(worst, float(diff.max()))
+    if wrong:
+        return (
+            f"result digest wrong: {wrong} of {len(picks)} sampled rows differ from the tenant's "
+            f"recomputation (worst by {worst:.3g}, tolerance {tol:.3g})"
+        )
+    return None
+
+
+@dataclasses.dataclass
+class WorkerAttestation:
+    """The verdict on one worker. ``measured_tflops`` is in the claim's units (calibrated on CPU devnets)."""
+
+    address: str
+    passed: bool
+    reason: str
+    model: str | None = None
+    memory_gib: float | None = None
+    driver: str | None = None
+    source: str | None = None
+    simulated: bool | None = None
+    claimed_tflops: float | None = None
+    measured_tflops: float | None = None
+    ratio: float | None = None  # measured / claimed
+    raw_tflops: float | None = None  # what the worker's hardware did, tenant-timed
+    cpu_tflops: float | None = None  # the tenant's own CPU, for simulated workers
+    n: int | None = None
+    reps: int | None = None
+    rounds: int = 0
+    digest: str | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class AttestationReport:
+    """All workers' verdicts; ``passed`` only when every worker passed."""
+
+    workers: list[WorkerAttestation]
+    tolerance: float
+    seconds: float
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.workers) and all(w.passed for w in self.workers)
+
+    @property
+    def failed(self) -> list[WorkerAttestation]:
+        return [w for w in self.workers if not w.passed]
+
+    @property
+    def measured_tflops(self) -> float | None:
+        """Median over workers that were measured, in claim units (for the auction's ``measured_tflops``)."""
+        vals = [w.measured_tflops for w in self.workers if w.measured_tflops is not None]
+        return statistics.median(vals) if vals else None
+
+    @property
+    def reason(self) -> str:
+        if not self.workers:
+            return "no workers to attest"
+        if self.passed:
+            return f"all {len(self.workers)} worker(s) passed"
+        return "; ".join(f"{w.address}: {w.reason}" for w in self.failed)
+
+    def raise_if_failed(self) -> AttestationReport:
+        if not self.passed:
+            raise AttestationFailed(f"attestation failed: {self.reason}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "reason": self.reason,
+            "measured_tflops": self.measured_tflops,
+            "seconds": self.seconds,
+            "tolerance": self.tolerance,
+            "workers": [w.to_dict() for w in self.workers],
+        }
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{w.address}</td><td>{w.model}</td><td>{w.memory_gib}</td>"
+            f"<td>{'' if w.measured_tflops is None else f'{w.measured_tflops:.4g}'}</td>"
+            f"<td>{'' if w.ratio is None else f'{w.ratio:.2f}'}</td>"
+            f"<td>{'pass' if w.passed else 'FAIL'}</td><td>{w.reason}</td></tr>"
+            for w in self.workers
+        )
+        return (
+            "<table><tr><th>worker</th><th>model</th><th>GiB</th><th>TFLOPS</th><th>ratio</th>"
+            f"<th>verdict</th><th>reason</th></tr>{rows}</table>"
+        )
+
+
+def _normalise_model(s: str) -> str:
+    s = s.lower().replace("nvidia", " ").replace("-", " ")
+    return " ".join(s.split())
+
+
+_calibration_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _torch_threads(threads: int | None):
+    _, torch = _backend()
+    if torch is None or not threads or threads == torch.get_num_threads():
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(max(1, threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+_calibration_pool: ThreadPoolExecutor | None = None
+
+
+def _timed_compute(ch: Challenge, threads: int | None) -> float:
+    with _torch_threads(threads):
+        t0 = time.perf_counter()
+        _compute(ch)
+        return time.perf_counter() - t0
+
+
+def _local_round(ch: Challenge, threads: int | None) -> float:
+    """Seconds this process takes for ``ch`` (the CPU calibration).
+
+    Run on a dedicated thread, like a Dask worker's task: measured here, the
+    interpreter's main thread is ~30 % slower at the same work, which would
+    bias the calibration in the worker's favour.
+    """
+    global _calibration_pool
+    with _calibration_lock:
+        if _calibration_pool is None:
+            _calibration_pool = ThreadPoolExecutor(1, thread_name_prefix="attest-calibration")
+        return _calibration_pool.submit(_timed_compute, ch, threads).result()
+
+
+class _Timeout(Exception):
+    pass
+
+
+def _call(client, fn: Callable, address: str, timeout: float, *args) -> tuple[Any, float]:
+    fut = client.submit(fn, *args, workers=[address], pure=False, allow_other_workers=False)
+    t0 = time.perf_counter()
+    try:
+        result = fut.result(timeout=timeout)
+    except TimeoutError as e:
+        with contextlib.suppress(Exception):
+            fut.cancel()
+        raise _Timeout from e
+    return result, time.perf_counter() - t0
+
+
+def _attest_one(
+    client,
+    address: str,
+    claim_tflops: float | None,
+    claim_model: str | None,
+    claim_memory_gib: float | None,
+    *,
+    tolerance: float,
+    sample_check: bool,
+    sample_rows: int,
+    rounds: int,
+    max_rounds: int,
+    round_seconds: float,
+    timeout: float,
+    cpu_reference_tflops: float | None,
+    cpu_max_n: int,
+    gpu_max_n: int,
+    rng: random.Random,
+    sizing: dict,
+) -> WorkerAttestation:
+    t_start = time.perf_counter()
+    w = WorkerAttestation(address=address, passed=False, reason="")
+
+    def done(passed: bool, reason: str) -> WorkerAttestation:
+        w.passed, w.reason = passed, reason
+        w.seconds = time.perf_counter() - t_start
+        return w
+
+    # 1. inventory (and the round-trip latency that the benchmark timing excludes)
+    try:
+        inv, rtt = _call(client, inventory, address, timeout)
+        inv, rtt2 = _call(client, inventory, address, timeout)
+        rtt = min(rtt, rtt2)
+    except _Timeout:
+        return done(False, f"did not answer the inventory request within {timeout:g} s")
+    except Exception as e:  # worker gone, plugin error...
+        return done(False, f"inventory failed: {e!r}")
+    declared = inv.get("declared") or {}
+    w.model, w.memory_gib, w.driver = inv.get("model"), inv.get("memory_gib"), inv.get("driver")
+    w.source, w.simulated = inv.get("source"), bool(inv.get("simulated"))
+    if claim_tflops is None:
+        claim_tflops = declared.get("tflops")
+    if claim_tflops is None or claim_tflops <= 0:
+        return done(False, "no throughput claim to check (pass claim_tflops)")
+    w.claimed_tflops = float(claim_tflops)
+    if w.source == "none":
+        return done(False, "no GPU inventory: NVML sees no GPU and the worker declares no GPU profile")
+    if w.source == "declared" and declared.get("simulated") is False:
+        return done(False, f"profile declares a real {w.model} but NVML sees no GPU on the worker")
+    if claim_model and _normalise_model(claim_model) not in _normalise_model(w.model or ""):
+        return done(False, f"model mismatch: claimed {claim_model!r}, worker has {w.model!r}")
+    if claim_memory_gib and (w.memory_gib or 0.0) < _MEMORY_SLACK * claim_memory_gib:
+        return done(False, f"memory mismatch: claimed {claim_memory_gib:g} GiB, worker has {w.memory_gib:.1f} GiB")
+
+    # 2. size the challenge
+    simulated = w.simulated
+    n = Challenge.size_for(w.memory_gib or 0.0, simulated, cpu_max_n=cpu_max_n, gpu_max_n=gpu_max_n)
+    threads = inv.get("threads")
+    if simulated:
+        key = (n, threads)
+        if key not in sizing:
+            probe = Challenge.fresh(n=n, reps=1)
+            _local_round(probe, threads)  # warm-up (thread pools, page faults)
+            sizing[key] = min(_local_round(Challenge.fresh(n=n, reps=1), threads) for _ in range(2))
+        per_product = sizing[key]
+        total = max(1, min(64, round(round_seconds / max(per_product, 1e-6))))
+    else:
+        per_product = 2 * n**3 / (w.claimed_tflops * 1e12)
+        total = max(1, min(1024, round(round_seconds / max(per_product, 1e-9))))
+    segments = -(-total // _MAX_STEPS)
+    steps = -(-total // segments)
+    reps = steps * segments
+    w.n, w.reps = n, reps
+
+    # 3. rounds: (local calibration, remote challenge) interleaved; best of each
+    remote_times: list[float] = []
+    local_times: list[float] = []
+    reference = cpu_reference_tflops or w.claimed_tflops
+    while True:
+        # Local and remote rounds alternate as L R R L L R ...: BLAS thread pools keep spinning
+        # for a while after a product, which slows whatever runs next on this machine; in this
+        # order every other measurement on each side follows one of its own kind, undisturbed.
+        local_first = w.rounds % 2 == 0
+        if simulated and local_first:
+            local_times.append(_local_round(Challenge.fresh(n, reps, segments), threads))
+        ch = Challenge.fresh(n, reps, segments)
+        try:
+            result, wall = _call(client, run_challenge, address, timeout, ch.seed, ch.n, ch.reps, ch.segments)
+        except _Timeout:
+            return done(False, f"did not answer the benchmark within {timeout:g} s")
+        except Exception as e:
+            return done(False, f"benchmark failed on the worker: {e!r}")
+        w.rounds += 1
+        w.digest = result.get("digest")
+        picks = [(rng.randrange(ch.segments), rng.randrange(ch.n)) for _ in range(sample_rows if sample_check else 0)]
+        problem = verify_rows(ch, result, picks)
+        if problem:
+            return done(False, problem)
+        remote_times.append(max(wall - rtt, 1e-9))
+        if simulated and not local_first:
+            local_times.append(_local_round(Challenge.fresh(n, reps, segments), threads))
+        # Fastest round on each side: the median would mix in rounds slowed by whatever ran
+        # just before them on a shared CPU (see the L R R L order above).
+        w.raw_tflops = 2 * n**3 * reps / min(remote_times) / 1e12
+        if simulated:
+            w.cpu_tflops = 2 * n**3 * reps / min(local_times) / 1e12
+            w.measured_tflops = w.raw_tflops / w.cpu_tflops * reference
+        else:
+            w.measured_tflops = w.raw_tflops
+        w.ratio = w.measured_tflops / w.claimed_tflops
+        if w.rounds >= max_rounds:
+            break
+        # After the base rounds, keep measuring only while the verdict is close to the
+        # threshold: best-of-more converges on the undisturbed speed on both sides.
+        if w.rounds >= rounds and not (tolerance / _MARGIN <= w.ratio <= tolerance * _MARGIN):
+            break
+
+    unit = "TFLOPS" + (f" (calibrated: this CPU = {reference:.4g} claimed TFLOPS)" if simulated else "")
+    if w.ratio < tolerance:
+        return done(
+            False,
+            f"throughput too low: measured {w.measured_tflops:.4g} of {w.claimed_tflops:.4g} claimed {unit} "
+            f"(ratio {w.ratio:.2f} < tolerance {tolerance:g})",
+        )
+    return done(True, f"ok: {w.measured_tflops:.4g} of {w.claimed_tflops:.4g} claimed {unit}, ratio {w.ratio:.2f}")
+
+
+def attest_lease(
+    client,
+    workers: Sequence[str] | None = None,
+    claim_tflops: Any = None,
+    tolerance: float = 0.6,
+    sample_check: bool = True,
+    *,
+    claim_model: str | None = None,
+    claim_memory_gib: float | None = None,
+    timeout: float = 10.0,
+    rounds: int = 4,
+    max_rounds: int = 16,
+    round_seconds: float = 0.1,
+    sample_rows: int = 16,
+    cpu_reference_tflops: float | None = None,
+    cpu_max_n: int = CPU_MAX_N,
+    gpu_max_n: int = GPU_MAX_N,
+    concurrent: bool | None = None,
+    rng: random.Random | None = None,
+) -> AttestationReport:
+    """Attest ``workers`` (addresses; default: all of the client's) against a claim.
+
+    ``claim_tflops`` is the claimed dense TFLOPS per GPU: a float, a mapping
+    address -> float, a :class:`~jupyter_gpumarket.spec.HardwareClaim` (also
+    gives ``claim_model`` and ``claim_memory_gib``), or None to use each
+    worker's declared profile. ``claim_model`` must appear in the worker's GPU
+    name (case and "NVIDIA" ignored). A worker fails on a model or memory
+    mismatch, a wrong sampled result, throughput below ``tolerance`` times the
+    claim, or no answer within ``timeout`` seconds per call. See the module
+    docstring for the timing and the CPU calibration (``cpu_reference_tflops``).
+    """
+    if not (0.0 < tolerance <= 1.0):
+        raise InvalidRequest(f"tolerance must be in (0, 1], got {tolerance!r}")
+    if rounds < 1 or sample_rows < 1 or timeout <= 0 or round_seconds <= 0:
+        raise InvalidRequest("rounds, sample_rows, timeout and round_seconds must be positive")
+    t0 = time.perf_counter()
+    if hasattr(claim_tflops, "gpu_model") and hasattr(claim_tflops, "tflops"):  # spec.HardwareClaim
+        claim_model = claim_model or claim_tflops.gpu_model
+        claim_memory_gib = claim_memory_gib or claim_tflops.memory_gib
+        claim_tflops = claim_tflops.tflops
+    info = client.scheduler_info(n_workers=-1)["workers"]
+    known = set(info)
+    addresses = sorted(known) if workers is None else list(workers)
+    if not addresses:
+        raise InvalidRequest("no workers to attest")
+    rng = rng or random.Random(secrets.randbits(64))
+
+    def claim_for(a: str) -> float | None:
+        if isinstance(claim_tflops, Mapping):
+            return claim_tflops.get(a)
+        return None if claim_tflops is None else float(claim_tflops)
+
+    kwargs = dict(
+        sizing={},
+        tolerance=tolerance, sample_check=sample_check, sample_rows=sample_rows, rounds=rounds,
+        max_rounds=max(rounds, max_rounds),
+        round_seconds=round_seconds, timeout=timeout, cpu_reference_tflops=cpu_reference_tflops,
+        cpu_max_n=cpu_max_n, gpu_max_n=gpu_max_n,
+    )
+
+    def one(a: str, r: random.Random) -> WorkerAttestation:
+        if a not in known:
+            return WorkerAttestation(address=a, passed=False, reason="worker is not connected to the scheduler")
+        return _attest_one(client, a, claim_for(a), claim_model, claim_memory_gib, rng=r, **kwargs)
+
+    if concurrent is None:
+        # Concurrent only when every worker has its own GPU (its profile says simulated=False);
+        # simulated workers share this machine's CPU, so they are attested one at a time.
+        from ..cluster.runtime import PROFILE_PLUGIN
+
+        profiles = [(info.get(a) or {}).get(PROFILE_PLUGIN) or {} for a in addresses]
+        concurrent = all(p.get("simulated") is False for p in profiles)
+    rngs = [random.Random(rng.randrange(2**64)) for _ in addresses]
+    if concurrent and len(addresses) > 1:
+        with ThreadPoolExecutor(max_workers=len(addresses)) as pool:
+            verdicts = list(pool.map(one, addresses, rngs))
+    else:
+        verdicts = [one(a, r) for a, r in zip(addresses, rngs)]
+    return AttestationReport(workers=verdicts, tolerance=tolerance, seconds=time.perf_counter() - t0)
