@@ -124,3 +124,27 @@ def test_offers_leases_history_and_budget_lines(shell):
     assert "no live leases" in text
     assert "lease " in text and "cost " in text  # history of the first test's lease
     assert "budget no cap" in text
+
+
+def test_a_restarted_kernel_reattaches_instead_of_ordering_again(shell, market_net):
+    """A new Session (as a restarted kernel makes) finds the live lease in the history store."""
+    from jupyter_gpumarket.session import RentRequest, Session
+
+    with capture_output():
+        shell.run_cell_magic("gpurent", f"--gpus 1 --gpu '{GPU}' --max-price 3.00 --hours 1 --budget 5", "y = 1")
+    old = magics(shell).session
+    (lease_id,) = [line for c in old.clusters for line in c.leaser.leases]
+    orders = old.client.market.functions.orderCount().call()
+
+    fresh = Session.connect(devnet=True)  # the restarted kernel: no clusters in memory
+    request = RentRequest(gpus=1, gpu=GPU, max_price=3_000_000, hours=1, budget=5_000_000)
+    cluster = fresh.find(request)
+    assert cluster is not None and set(cluster.leaser.leases) == {lease_id}
+    assert fresh.client.market.functions.orderCount().call() == orders
+    from distributed import Client
+
+    with Client(cluster) as client:
+        assert client.submit(lambda: 6 * 7).result() == 42
+    fresh.release(cluster)
+    assert fresh.client.lease(lease_id).status == DealStatus.CLOSED
+    magics(shell)._release_cluster(old.clusters[0])  # the old kernel's view is stale: settling is a no-op
