@@ -117,8 +117,15 @@ def _provider_run(args: argparse.Namespace) -> int:
         gpus = gpus or GpuProfile.gpu_count()
     floor = Money.parse(args.price, decimals).amount
     ceiling = Money.parse(args.ceiling, decimals).amount if args.ceiling else None
+    behaviour = None
+    if args.simulate_throughput < 1.0 or args.simulate_wrong_rows > 0.0:
+        if not args.devnet:
+            raise InvalidRequest("--simulate-* models a weak or dishonest provider and exists for devnets only")
+        from .verify.challenge import SimulatedBehaviour
+
+        behaviour = SimulatedBehaviour(args.simulate_throughput, args.simulate_wrong_rows)
     agent = ProviderAgent(client, profile, strategy_from_name(args.strategy, floor, ceiling), gpus=gpus or 1,
-                          region=args.region, host=args.host, port=args.port)
+                          region=args.region, host=args.host, port=args.port, behaviour=behaviour)
     agent.run_forever()
     return 0
 
@@ -167,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     provider.add_argument("--region", default="")
     provider.add_argument("--host", default="127.0.0.1", help="address tenants reach this machine at")
     provider.add_argument("--port", type=int, default=0, help="control endpoint port (default: a free one)")
+    provider.add_argument("--simulate-throughput", type=float, default=1.0,
+                          help="devnet only: deliver this fraction of the claimed throughput (a cheating provider)")
+    provider.add_argument("--simulate-wrong-rows", type=float, default=0.0,
+                          help="devnet only: invent this fraction of benchmark results")
     provider.set_defaults(func=_provider_run)
     return parser
 

@@ -50,6 +50,7 @@ class RentRequest:
     window: int = 3
     select: str = "cost"
     partial: str = "accept"
+    attest: bool = False  # check the hardware within the grace period; failures are refunded
 
     def __post_init__(self) -> None:
         GpuSpec(self.gpus, self.gpu, self.min_vram, self.region)  # validates count, pattern, memory
@@ -247,6 +248,7 @@ class Session:
             heartbeat_timeout=float(config("heartbeat-timeout")),
             class_id=self.class_id,
             store=self.store,
+            attest=request.attest,
         )
         with self._lock:
             self.clusters.append(cluster)

@@ -182,7 +182,8 @@ runs on CPU), bids on orders it can serve and starts Dask workers for its leases
 """),
     code("""
 import logging
-logging.getLogger("distributed").setLevel(logging.ERROR)  # the agent's workers log to this kernel
+for name in ("distributed", "jupyter_gpumarket"):  # the agent and its workers log to this kernel
+    logging.getLogger(name).setLevel(logging.ERROR)
 
 from jupyter_gpumarket.chain import Devnet
 from jupyter_gpumarket.cluster.runtime import GpuProfile

@@ -59,6 +59,8 @@ class LeasedCluster(Cluster):
     class_id: pay from this class pool within the account's allowance (classroom mode).
     store: a :class:`~jupyter_gpumarket.history.LeaseStore` to record leases in, so another
         kernel can re-attach with :meth:`from_lease`.
+    attest: check every lease's hardware (inventory and a timed, seeded benchmark) within the
+        attestation grace period; a lease that fails is rejected with a full refund and re-leased.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class LeasedCluster(Cluster):
         worker_timeout: float = 60.0,
         class_id: int = 0,
         store=None,
+        attest: bool = False,
         asynchronous: bool = False,
         loop=None,
         name: str | None = None,
@@ -105,6 +108,7 @@ class LeasedCluster(Cluster):
                 class_id=class_id,
                 name=self.name,
                 store=store,
+                attest=attest,
             )
         self.leaser = leaser
         self.market = leaser.client

@@ -173,6 +173,7 @@ class LeaseRuntime:
         *,
         use_cuda: bool | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
+        plugins: tuple = (),
     ):
         if not isinstance(security, Security) or not security.require_encryption:
             raise InvalidRequest("LeaseRuntime needs a distributed.Security with require_encryption=True")
@@ -190,6 +191,7 @@ class LeaseRuntime:
         self.gpus = gpus
         self.host = host
         self.timeout = timeout
+        self.extra_plugins = tuple(plugins)  # e.g. a devnet-only SimulatedBehaviour
         self.use_cuda = _cuda_available() if use_cuda is None else use_cuda
         self._given_scheduler = scheduler_address
         self._scheduler: Scheduler | None = None
@@ -343,7 +345,7 @@ class LeaseRuntime:
             nthreads=1,
             resources={"GPU": 1},
             security=self.security,
-            plugins={plugin},
+            plugins={plugin, *self.extra_plugins},
             startup_information={PROFILE_PLUGIN: _ProfileInfo(self.profile)},
             death_timeout=self.timeout,
             validate=False,

@@ -72,6 +72,7 @@ class ProviderAgent:
         poll_interval: float = 0.2,
         heartbeat_interval: float = 1.0,
         withdraw_interval: float = 30.0,
+        behaviour=None,
     ) -> None:
         self.client = client
         self.profile = profile
@@ -83,6 +84,8 @@ class ProviderAgent:
         self.poll_interval = poll_interval
         self.heartbeat_interval = heartbeat_interval
         self.withdraw_interval = withdraw_interval
+        # Devnet only: a verify.challenge.SimulatedBehaviour that makes this provider weak or dishonest.
+        self.behaviour = behaviour
         self.key = ProviderKey.generate()
         self.control = ControlServer(self, host, port)
         self.domain = HeartbeatDomain(client.chain_id, client.market.address)
@@ -258,7 +261,10 @@ class ProviderAgent:
             if self.client.lease(state.lease_id).status != DealStatus.ACTIVE:
                 self._on_lease_ended(state.lease_id)  # settled by the tenant in the meantime
             elif now >= self.client.effective_end(state.lease_id):
-                self.client.close_lease(state.lease_id)  # LeaseClosed stops the runtime next poll
+                try:
+                    self.client.close_lease(state.lease_id)  # LeaseClosed stops the runtime next poll
+                except WrongState:
+                    pass  # the tenant settled it first
             elif now >= state.started_at + grace and time.monotonic() - state.last_withdraw >= self.withdraw_interval:
                 state.last_withdraw = time.monotonic()
                 if self.client.accrued(state.lease_id) > self.client.lease(state.lease_id).withdrawn:
@@ -309,7 +315,9 @@ class ProviderAgent:
             )
             if state.runtime is None:
                 security = self.key.security(ca_pem, cert_pem, self._workdir.name)
-                state.runtime = LeaseRuntime(lease_id, security, self.profile, lease.gpus, scheduler or None, self.host)
+                plugins = (self.behaviour,) if self.behaviour is not None else ()
+                state.runtime = LeaseRuntime(lease_id, security, self.profile, lease.gpus, scheduler or None, self.host,
+                                             plugins=plugins)
                 runtime = state.runtime
             else:
                 runtime = state.runtime

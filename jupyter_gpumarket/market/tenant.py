@@ -65,6 +65,8 @@ class TenantLeaser:
         name: str = "",
         store=None,
         ca: TenantCA | None = None,
+        attest: bool = False,
+        attest_tolerance: float = 0.6,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -80,6 +82,10 @@ class TenantLeaser:
         self.name = name or "cluster"
         self.store = store  # a history.LeaseStore, or None to keep nothing on disk
         self.ca = ca or TenantCA.create()
+        self.attest = attest  # check each lease's hardware within the grace period (verify.attest)
+        self.attest_tolerance = attest_tolerance
+        self.attestations: dict[int, object] = {}  # lease id -> AttestationReport
+        self.measured_tflops: dict[int, float] = {}  # provider id -> attested TFLOPS, for later auctions
         self._workdir = tempfile.TemporaryDirectory(prefix="gpumarket-tenant-")
         self.security = self.ca.client_security(self._workdir.name)
         self.domain = HeartbeatDomain(client.chain_id, client.market.address)
@@ -112,6 +118,7 @@ class TenantLeaser:
             result = request_gpus(
                 self.client, spec, self.max_price, self.hours, remaining, self.ca.fingerprint, self.window,
                 self.rule, self.partial, self.on_bid, exclude_providers=exclude, class_id=self.class_id,
+                measured_tflops=self.measured_tflops,
             )
             self.auctions.append(result)
             bids = {b.id: b for b in result.bids}
@@ -130,7 +137,38 @@ class TenantLeaser:
                 "chain_s": result.seconds_chain,
                 "worker_startup_s": time.monotonic() - handover_started,
             })
+            if self.attest:
+                failed = self._attest(handles)
+                if failed:
+                    handles = [h for h in handles if h.provider.id not in failed]
+                    handles += self.lease(sum(failed.values()), exclude=set(exclude) | set(failed))
             return handles
+
+    def _attest(self, handles: list[LeaseHandle]) -> dict[int, int]:
+        """Check each new lease's hardware; reject (full refund) the ones that fail.
+
+        Returns ``{provider id: gpus}`` of the rejected leases, to lease again elsewhere.
+        """
+        from distributed import Client
+
+        from ..verify.attest import attest_lease
+
+        failed: dict[int, int] = {}
+        with Client(self.scheduler_address, security=self.security, timeout="30s") as client:
+            for handle in handles:
+                report = attest_lease(client, workers=handle.workers, claim_tflops=handle.provider.claim,
+                                      tolerance=self.attest_tolerance)
+                self.attestations[handle.id] = report
+                if report.passed:
+                    self.measured_tflops[handle.provider.id] = report.measured_tflops
+                    continue
+                logger.warning("lease %s failed attestation: %s", handle.id, report.reason)
+                self._settle(handle.id, reason=f"attestation failed: {report.reason}")  # rejected: full refund
+                if handle.hosts_scheduler:
+                    raise WrongState(f"the provider hosting the scheduler failed attestation ({report.reason}); "
+                                     "its lease was rejected with a full refund. Start the cluster again.")
+                failed[handle.provider.id] = failed.get(handle.provider.id, 0) + handle.lease.gpus
+        return failed
 
     def _bring_up(self, lease: Lease, bid: Bid, tx_hashes: list[str]) -> LeaseHandle:
         provider = self.client.provider(lease.provider_id)

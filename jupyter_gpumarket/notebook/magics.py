@@ -48,6 +48,8 @@ class GpuMarketMagics(Magics):
     @argument("--budget", default=None, help="most this cluster may spend, in tokens")
     @argument("--window", type=int, default=None, help="seconds providers have to bid")
     @argument("--select", choices=["cost", "price"], default=None, help="selection rule")
+    @argument("--attest", action="store_true", default=None,
+              help="check each provider's hardware at lease start; failures are refunded and re-leased")
     @argument("--keep", dest="release", action="store_false", default=False,
               help="keep the lease for later cells (default)")
     @argument("--release", dest="release", action="store_true", help="release the lease after this cell")
@@ -214,6 +216,7 @@ class GpuMarketMagics(Magics):
                 window=int(pick(args.window, "window")),
                 select=pick(args.select, "select"),
                 partial=config("partial"),
+                attest=bool(pick(args.attest, "attest")),
             )
         except GpuMarketError as exc:
             raise UsageError(str(exc)) from None

@@ -147,6 +147,8 @@ def test_closing_a_lease_removes_its_workers_and_frees_everything(ca, make_secur
     assert lingering == []
     for port in ports:  # every listener is gone: the ports can be bound again
         with socket.socket() as s:
+            # SO_REUSEADDR: closed connections may linger in TIME_WAIT; only a live listener blocks this bind.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             s.bind(("127.0.0.1", port))
     with pytest.raises(LeaseRuntimeError, match="closed"):
         host.start()
