@@ -28,7 +28,7 @@ from ..errors import ChainUnavailable, InvalidRequest
 from ..spec import Bid, DealStatus, GpuSpec, HardwareClaim, Lease, Order, Provider
 from . import contracts
 from .accounts import Signer
-from .errors import ErrorDecoder, TransactionFailed
+from .errors import ERRORS, ErrorDecoder, TransactionFailed
 
 ROLES = {name: Web3.keccak(text=name) for name in ("ARBITER_ROLE", "PAUSER_ROLE")}
 ROLES["DEFAULT_ADMIN_ROLE"] = b"\x00" * 32
@@ -272,8 +272,6 @@ class MarketClient:
         o = self.market.functions.getOrder(order_id).call()
         tenant, max_price, class_id, gpus, gpus_leased, duration, bidding_ends_at, is_open, escrow = o
         if int(tenant, 16) == 0:
-            from .errors import ERRORS
-
             raise ERRORS["OrderNotFound"](order_id=order_id)
         created = self.market.events.OrderCreated.get_logs(argument_filters={"orderId": order_id}, from_block=0)
         args = created[0]["args"] if created else {}
@@ -389,8 +387,6 @@ class MarketClient:
         d = self.market.functions.getDeal(lease_id).call()
         provider_id, order_id, price, gpus, status, started_at, deposit, withdrawn, ends_at, disputed = d
         if status == DealStatus.NONE:
-            from .errors import ERRORS
-
             raise ERRORS["LeaseNotFound"](lease_id=lease_id)
         return Lease(
             id=lease_id,
