@@ -167,7 +167,7 @@ def notebook_demo(notebook: str | Path, out: str | Path, say: Callable[[str], No
                         say(f"  {line}")
     say("Receipts:")
     for receipt in receipts_in(nb):
-        money = lambda amount: Money(amount, receipt["decimals"], receipt["symbol"]).short()  # noqa: E731
+        money = lambda amount: str(Money(amount, receipt["decimals"], receipt["symbol"]))  # noqa: E731
         for line in receipt["leases"]:
             say(f"  lease {line['lease']}: provider {line['provider']}, {line['gpus']}x {line['gpu']} at "
                 f"{money(line['price_per_gpu_hour'])}/GPU-h, {line['gpu_seconds']} GPU-s, cost {money(line['cost'])}"

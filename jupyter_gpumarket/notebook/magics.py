@@ -145,8 +145,7 @@ class GpuMarketMagics(Magics):
                 raise UsageError(f"release takes a lease id or 'all', not {args.value!r}") from None
             receipts = session.release(lease_id)
         for r in receipts:
-            print(f"released lease {r.lease_id}: paid {session.money(r.cost).short()}, "
-                  f"refunded {session.money(r.refunded).short()}")
+            print(f"released lease {r.lease_id}: paid {session.money(r.cost)}, refunded {session.money(r.refunded)}")
         if not receipts:
             print("nothing to release")
 
@@ -166,7 +165,7 @@ class GpuMarketMagics(Magics):
         for r in receipts:
             print(f"lease {r.lease_id}: provider {r.provider_id}, {r.gpus} GPU(s) at "
                   f"{session.money(r.price_per_gpu_hour).short()}/GPU-h, {r.seconds} s, "
-                  f"cost {session.money(r.cost).short()}")
+                  f"cost {session.money(r.cost)}")
 
     def _cmd_devnet(self, args) -> None:
         from ..chain.devnet import Devnet, DevnetParams
