@@ -202,7 +202,7 @@ print(agent.claim)
 from distributed import Client
 from jupyter_gpumarket.cluster.leased import LeasedCluster
 
-cluster = LeasedCluster(gpus=1, gpu="L4", max_price="1.00", hours=1, budget="1", market=net.client("tenant"), window=2)
+cluster = LeasedCluster(gpus=1, gpu="L4", max_price="1.00", hours=1, budget="1", market=net.client("tenant"), window=4)
 with Client(cluster) as client:
     squares = client.gather(client.map(lambda x: x * x, range(10)))
 cluster.close()
