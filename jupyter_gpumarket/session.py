@@ -262,7 +262,9 @@ class Session:
             elif isinstance(target, int):
                 targets = [c for c in self.clusters if target in c.leaser.leases]
                 if not targets:
-                    raise NotFound(f"no live lease {target} in this session; see %gpumarket leases")
+                    receipt = self.release_detached(target)
+                    self.receipts.append(receipt)
+                    return [receipt]
                 receipt = targets[0].leaser.release(target)
                 self.receipts.append(receipt)
                 return [receipt]
@@ -275,6 +277,26 @@ class Session:
                 self.clusters.remove(cluster)
             self.receipts.extend(out)
             return out
+
+    def release_detached(self, lease_id: int) -> Receipt:
+        """Close a live lease of this account that no cluster here holds (an earlier kernel's, say).
+
+        Used by the watchdog and the server extension, which never held the Dask cluster:
+        the chain is the authority, the store is brought in line afterwards.
+        """
+
+        lease = self.client.lease(lease_id)
+        if lease.status != DealStatus.ACTIVE:
+            raise NotFound(f"lease {lease_id} is not live (it is {lease.status.name.lower()}); see %gpumarket leases")
+        order = self.client.order(lease.order_id)
+        if order.tenant != self.client.address:
+            raise NotFound(f"lease {lease_id} is not a lease of {self.client.address}; see %gpumarket leases")
+        tx = self.client.close_lease(lease_id)
+        receipt = receipt_from_chain(self.client, lease_id, tx_hashes=(tx.hash,))
+        if self.store is not None:
+            self.store.settle_lease(self.client.chain_id, self.client.market.address, lease_id,
+                                    {**receipt.__dict__, "tx_hashes": list(receipt.tx_hashes)})
+        return receipt
 
     # -- looking around -------------------------------------------------------------------
 
