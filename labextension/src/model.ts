@@ -1,0 +1,128 @@
+/**
+ * The market as the browser last saw it, refreshed by polling the server.
+ *
+ * Wallet, leases and budget are polled every `fastMs`; offers, history and the
+ * classroom every `slowEvery` polls (they change rarely and cost chain calls).
+ * Each part keeps its own error text, so one failing endpoint does not blank
+ * the others.
+ *
+ *   const model = new MarketModel(new MarketApi());
+ *   model.changed.connect(() => render(model));
+ *   model.start();
+ */
+import { Signal } from '@lumino/signaling';
+
+import { MarketApi, MarketError } from './api';
+import type { IBudget, IClassroom, IHistory, ILeases, IOffers, IReceipt, IWallet } from './types';
+
+export type Part = 'wallet' | 'leases' | 'budget' | 'offers' | 'history' | 'classroom';
+
+const FAST: Part[] = ['wallet', 'leases', 'budget'];
+const SLOW: Part[] = ['offers', 'history', 'classroom'];
+
+export interface IState {
+  wallet?: IWallet;
+  leases?: ILeases;
+  budget?: IBudget;
+  offers?: IOffers;
+  history?: IHistory;
+  classroom?: IClassroom;
+  /** Browser clock (unix seconds) when `leases` arrived: spend ticks from here. */
+  leasesAt: number;
+  errors: Partial<Record<Part, string>>;
+  /** The outcome of the last user action (release), shown until the next one. */
+  notice?: { text: string; error: boolean };
+}
+
+export class MarketModel {
+  readonly changed = new Signal<this, void>(this);
+  readonly state: IState = { leasesAt: 0, errors: {} };
+  private timer: number | undefined;
+  private polls = 0;
+  private busy = false;
+
+  constructor(
+    readonly api: MarketApi,
+    private readonly fastMs = 3000,
+    private readonly slowEvery = 4
+  ) {}
+
+  start(): void {
+    if (this.timer === undefined) {
+      void this.refresh(true);
+      this.timer = window.setInterval(() => void this.refresh(this.polls % this.slowEvery === 0), this.fastMs);
+    }
+  }
+
+  stop(): void {
+    window.clearInterval(this.timer);
+    this.timer = undefined;
+  }
+
+  /** Fetch the fast parts, and the slow ones too when `all`; skipped while a poll is running. */
+  async refresh(all = false): Promise<void> {
+    if (this.busy) {
+      return;
+    }
+    this.busy = true;
+    this.polls += 1;
+    try {
+      await Promise.all((all ? [...FAST, ...SLOW] : FAST).map(part => this.fetch(part)));
+    } finally {
+      this.busy = false;
+    }
+    this.changed.emit();
+  }
+
+  async release(leaseId: number): Promise<IReceipt | undefined> {
+    return this.act(async () => {
+      const { receipt } = await this.api.release(leaseId);
+      return receipt;
+    });
+  }
+
+  async releaseAll(): Promise<IReceipt[] | undefined> {
+    return this.act(async () => (await this.api.releaseAll()).receipts);
+  }
+
+  setNotice(text: string, error = false): void {
+    this.state.notice = { text, error };
+    this.changed.emit();
+  }
+
+  private async act<T>(action: () => Promise<T>): Promise<T | undefined> {
+    try {
+      return await action();
+    } catch (error) {
+      this.setNotice(messageOf(error), true);
+      return undefined;
+    } finally {
+      await this.waitAndRefresh();
+    }
+  }
+
+  private async waitAndRefresh(): Promise<void> {
+    while (this.busy) {
+      await new Promise(resolve => window.setTimeout(resolve, 100));
+    }
+    await this.refresh(true);
+  }
+
+  private async fetch(part: Part): Promise<void> {
+    try {
+      const value: any = await this.api[part]();
+      (this.state as any)[part] = value;
+      if (part === 'leases') {
+        this.state.leasesAt = Date.now() / 1000;
+      }
+      delete this.state.errors[part];
+    } catch (error) {
+      this.state.errors[part] = messageOf(error);
+    }
+  }
+}
+
+/** User-facing text for a failure: the server's own words, never a stack or exception text. */
+export function messageOf(error: unknown): string {
+  return error instanceof MarketError ? error.message : 'Something went wrong in the GPU market panel.';
+}

@@ -1,0 +1,220 @@
+/**
+ * The GPU market sidebar: wallet and budget, active leases with live spend and
+ * Release buttons, the instructor view (when this account runs a class),
+ * recent offers, and history with costs and a spend chart.
+ *
+ * Sections other than the lease table are rebuilt only when their data
+ * changes; the lease table updates in place and ticks every second.
+ */
+import { Widget } from '@lumino/widgets';
+
+import { spendChart } from './chart';
+import { classroomView } from './classroom';
+import { duration, h, shortAddress, table } from './dom';
+import { LeaseTable } from './leases';
+import type { MarketModel, Part } from './model';
+import { TokenFormat } from './money';
+
+export const PANEL_ID = 'gpumarket-panel';
+
+interface ISection {
+  body: HTMLElement;
+  key: string;
+}
+
+export class MarketPanel extends Widget {
+  private readonly leases: LeaseTable;
+  private readonly sections = new Map<string, ISection>();
+  private readonly notice: HTMLElement;
+  private readonly rate: HTMLElement;
+  private ticker: number | undefined;
+
+  constructor(private readonly model: MarketModel) {
+    super();
+    this.id = PANEL_ID;
+    this.addClass('jp-gpumarket-panel');
+    this.node.setAttribute('data-testid', 'gpumarket-panel');
+    this.leases = new LeaseTable(model);
+    this.notice = h('div', { class: 'jp-gpumarket-notice', 'data-testid': 'gpumarket-notice', role: 'status' });
+    this.rate = h('span', { 'data-testid': 'gpumarket-rate' });
+    this.node.append(
+      h('h2', { class: 'jp-gpumarket-title' }, 'GPU market'),
+      this.notice,
+      this.section('wallet', 'Wallet'),
+      this.section('leases', 'Active leases', this.rate),
+      this.section('classroom', 'Classes you run'),
+      this.section('offers', 'Offers'),
+      this.section('history', 'History')
+    );
+    this.sections.get('leases')!.body.appendChild(this.leases.node);
+    model.changed.connect(this.render, this);
+  }
+
+  protected onAfterAttach(): void {
+    this.model.start();
+    this.render();
+    this.ticker = window.setInterval(() => this.leases.tick(), 1000);
+  }
+
+  protected onBeforeDetach(): void {
+    window.clearInterval(this.ticker);
+  }
+
+  dispose(): void {
+    window.clearInterval(this.ticker);
+    this.model.changed.disconnect(this.render, this);
+    super.dispose();
+  }
+
+  private section(name: string, heading: string, extra?: HTMLElement): HTMLElement {
+    const body = h('div', { class: 'jp-gpumarket-section-body' });
+    this.sections.set(name, { body, key: '' });
+    return h(
+      'section',
+      { class: 'jp-gpumarket-section', 'data-testid': `gpumarket-section-${name}` },
+      h('h3', {}, heading, extra ? ' ' : '', extra ?? ''),
+      body
+    );
+  }
+
+  private render(): void {
+    const { state } = this.model;
+    this.notice.textContent = state.notice?.text ?? '';
+    this.notice.classList.toggle('jp-mod-error', !!state.notice?.error);
+    this.notice.hidden = !state.notice;
+    this.fill('wallet', ['wallet', 'budget'], () => this.walletView());
+    this.fill('classroom', ['classroom'], () => this.classroomSection());
+    this.fill('offers', ['offers'], () => this.offersView());
+    this.fill('history', ['history'], () => this.historyView());
+    const leases = state.leases;
+    this.rate.textContent = leases ? `· ${this.token().format(leases.spend_rate_per_hour)}/h` : '';
+    const error = state.errors.leases;
+    const box = this.sections.get('leases')!.body;
+    box.querySelector('[data-testid="gpumarket-error"]')?.remove();
+    if (error) {
+      box.prepend(errorLine(error));
+    }
+    box.querySelector('.jp-gpumarket-empty')?.remove();
+    if (leases && leases.leases.length === 0) {
+      box.appendChild(h('div', { class: 'jp-gpumarket-empty' }, 'No active leases.'));
+    }
+    this.leases.update();
+  }
+
+  /** Rebuild a section only when the data it shows (or its error) changed. */
+  private fill(name: string, parts: Part[], view: () => HTMLElement | null): void {
+    const section = this.sections.get(name)!;
+    const { state } = this.model;
+    const key = JSON.stringify(parts.map(p => [(state as any)[p], state.errors[p]]));
+    if (key === section.key) {
+      return;
+    }
+    section.key = key;
+    section.body.replaceChildren(...parts.map(p => state.errors[p]).filter(Boolean).map(e => errorLine(e!)));
+    const node = view();
+    if (node) {
+      section.body.appendChild(node);
+    }
+    section.body.closest('section')!.hidden = name === 'classroom' && !node;
+  }
+
+  private token(): TokenFormat {
+    const s = this.model.state;
+    const info = s.leases ?? s.budget ?? s.offers ?? s.history ?? (s.wallet?.connected ? s.wallet : undefined);
+    return new TokenFormat(info?.decimals ?? 0, info?.symbol ?? '');
+  }
+
+  private walletView(): HTMLElement | null {
+    const { wallet, budget } = this.model.state;
+    if (!wallet) {
+      return null;
+    }
+    if (!wallet.connected) {
+      return h('div', { class: 'jp-gpumarket-warn', 'data-testid': 'gpumarket-not-connected' }, wallet.reason);
+    }
+    const fmt = new TokenFormat(wallet.decimals, wallet.symbol);
+    return h(
+      'div',
+      { 'data-testid': 'gpumarket-wallet' },
+      kv('Account', h('span', { title: wallet.address, 'data-testid': 'gpumarket-address' }, shortAddress(wallet.address))),
+      kv('Balance', h('span', { 'data-testid': 'gpumarket-balance' }, fmt.format(wallet.balance))),
+      kv('Chain', `${wallet.chain_id} · market ${shortAddress(wallet.market)}`),
+      budget
+        ? kv(
+            'Budget',
+            h(
+              'span',
+              { 'data-testid': 'gpumarket-budget' },
+              budget.cap === null
+                ? `no cap · spent ${fmt.format(budget.spent)}`
+                : `${fmt.format(budget.remaining)} left of ${fmt.format(budget.cap)} · committed ${fmt.format(budget.committed)}`
+            )
+          )
+        : null
+    );
+  }
+
+  private classroomSection(): HTMLElement | null {
+    const { classroom } = this.model.state;
+    return classroom && classroom.classes.length ? classroomView(classroom, this.token()) : null;
+  }
+
+  private offersView(): HTMLElement | null {
+    const { offers } = this.model.state;
+    if (!offers) {
+      return null;
+    }
+    const fmt = new TokenFormat(offers.decimals, offers.symbol);
+    const rows = offers.offers.map(o =>
+      h(
+        'tr',
+        { 'data-provider': String(o.provider), class: o.active ? '' : 'jp-gpumarket-inactive' },
+        h('td', {}, `provider ${o.provider}`),
+        h('td', { title: `${o.memory_gib} GiB, ${o.tflops} TFLOPS` }, `${o.gpu} ×${o.gpus}`),
+        h('td', {}, o.region || '—'),
+        h('td', {}, fmt.format(o.last_price ?? o.min_price)),
+        h('td', {}, `${Math.round(o.reliability * 100)}%`)
+      )
+    );
+    return rows.length
+      ? table('gpumarket-offers', ['Provider', 'GPU', 'Region', 'Last price', 'Reliability'], rows)
+      : h('div', { class: 'jp-gpumarket-empty' }, 'No providers registered yet.');
+  }
+
+  private historyView(): HTMLElement | null {
+    const { history } = this.model.state;
+    if (!history) {
+      return null;
+    }
+    const fmt = new TokenFormat(history.decimals, history.symbol);
+    const total = history.history.reduce((sum, r) => sum + BigInt(r.paid_to_provider), 0n);
+    const rows = history.history.map(r =>
+      h(
+        'tr',
+        { 'data-testid': `gpumarket-history-${r.lease_id}` },
+        h('td', {}, `#${r.lease_id}`),
+        h('td', {}, `provider ${r.provider}`),
+        h('td', {}, `×${r.gpus} · ${duration(r.seconds)}`),
+        h('td', {}, fmt.format(r.paid_to_provider)),
+        h('td', {}, fmt.format(r.refunded))
+      )
+    );
+    return h(
+      'div',
+      {},
+      kv('Total cost', h('span', { 'data-testid': 'gpumarket-total-cost' }, fmt.format(total))),
+      spendChart(history.spend_series, fmt),
+      rows.length
+        ? table('gpumarket-history', ['Lease', 'Provider', 'GPUs · time', 'Cost', 'Refunded'], rows)
+        : h('div', { class: 'jp-gpumarket-empty' }, 'No closed leases yet.')
+    );
+  }
+}
+
+function kv(label: string, value: Node | string): HTMLElement {
+  return h('div', { class: 'jp-gpumarket-kv' }, h('span', { class: 'jp-gpumarket-label' }, label), value);
+}
+
+function errorLine(text: string): HTMLElement {
+  return h('div', { class: 'jp-gpumarket-error', 'data-testid': 'gpumarket-error', role: 'alert' }, text);
+}
