@@ -1,0 +1,37 @@
+"""Jupyter server extension: the market's REST API for the JupyterLab sidebar and status bar.
+
+Enabled by the ``jupyter-config`` file the package installs (or
+``jupyter server extension enable jupyter_gpumarket.server``); it serves, under
+``<base_url>/gpumarket/``, the wallet, offers, live leases (rent and release),
+history, budget and classroom views described in ``API.md`` next to this file.
+The account and chain come from the same ``gpumarket.*`` dask config as kernels
+(``DASK_GPUMARKET__DEVNET=true`` for the devnet in ``$GPUMARKET_HOME``).
+
+Leases the server rents are held by it until released; they outlive a server
+restart on chain and in the lease history, and the next server lists them and
+can release them.
+"""
+
+from __future__ import annotations
+
+from jupyter_server.utils import url_path_join
+
+from .handlers import ROUTES
+from .manager import MarketManager
+
+#: Where the handlers find the manager, e.g. ``serverapp.web_app.settings[SETTINGS_KEY]``.
+SETTINGS_KEY = "gpumarket_manager"
+
+
+def _jupyter_server_extension_points() -> list[dict]:
+    return [{"module": "jupyter_gpumarket.server"}]
+
+
+def _load_jupyter_server_extension(serverapp) -> None:
+    """Create the manager (it connects on first use) and register the handlers."""
+    manager = MarketManager()
+    web_app = serverapp.web_app
+    web_app.settings[SETTINGS_KEY] = manager
+    base = url_path_join(web_app.settings["base_url"], "gpumarket")
+    web_app.add_handlers(".*$", [(url_path_join(base, path), handler, {"manager": manager}) for path, handler in ROUTES])
+    serverapp.log.info("jupyter_gpumarket: market API at %s/", base)
