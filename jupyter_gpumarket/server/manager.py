@@ -24,15 +24,16 @@ import logging
 import threading
 import time
 from contextlib import contextmanager
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import requests
 
 from ..errors import ChainUnavailable, InvalidRequest, NotFound
-from ..session import Session
 from ..spec import Receipt
-from .ledger import LeaseBook
-from .rentform import rent_request
+
+if TYPE_CHECKING:
+    from ..session import Session
+    from .ledger import LeaseBook
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +46,7 @@ class MarketManager:
     made are listed from the chain and the shared history store and can be released too.
     """
 
-    def __init__(self, connect: Callable[[], Session] = Session.connect) -> None:
+    def __init__(self, connect: Callable[[], Session] | None = None) -> None:
         self._connect = connect
         self._session: Session | None = None
         self._book: LeaseBook | None = None
@@ -59,11 +60,20 @@ class MarketManager:
             current = self._session
             if current is not None and current.client.w3.is_connected():
                 return current
-            fresh = self._connect()  # raises ChainUnavailable saying what to start or fix
+            fresh = self._new_session()  # raises ChainUnavailable saying what to start or fix
             if current is not None:
                 self._abandon(current)
+            from .ledger import LeaseBook
+
             self._session, self._book = fresh, LeaseBook(fresh.client, fresh.store)
             return fresh
+
+    def _new_session(self) -> Session:
+        # Imported on first use: the chain and Dask stack takes seconds to import, which
+        # would otherwise delay every Jupyter server start, market used or not.
+        from ..session import Session
+
+        return (self._connect or Session.connect)()
 
     @staticmethod
     def _abandon(old: Session) -> None:
@@ -185,6 +195,8 @@ class MarketManager:
 
     def rent(self, body: dict) -> dict:
         """Run an auction for the GPUs in ``body`` (see :mod:`.rentform`) and hold the cluster here."""
+        from .rentform import rent_request
+
         with self._chain() as (session, _):
             request = rent_request(body, session.decimals)
             cluster = session.rent(request, reuse=False)  # a new lease each time: never take over a kernel's
