@@ -18,7 +18,12 @@ function svg<K extends keyof SVGElementTagNameMap>(tag: K, attrs: Record<string,
   return el;
 }
 
-export function spendChart(series: [number, string][], fmt: TokenFormat): Element {
+export function spendChart(settled: [number, string][], fmt: TokenFormat): Element {
+  // From zero before the first settlement to the total now, so even one lease draws a step.
+  const now = Math.floor(Date.now() / 1000);
+  const series: [number, string][] = settled.length
+    ? [[settled[0][0], '0'], ...settled, [Math.max(now, settled[settled.length - 1][0] + 1), settled[settled.length - 1][1]]]
+    : [];
   const root = svg('svg', {
     class: 'jp-gpumarket-chart',
     'data-testid': 'gpumarket-spend-chart',

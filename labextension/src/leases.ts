@@ -1,5 +1,5 @@
 /**
- * The active-leases table: one keyed row per lease, so a poll or a tick
+ * The active leases: one keyed card per lease (narrow sidebars fit no wide table), so a poll or a tick
  * updates text in place and never replaces a Release button under the mouse.
  * Spend ticks every second from the price and the time since the last poll;
  * the next poll brings the chain's figure back.
@@ -11,25 +11,20 @@ import type { ILease } from './types';
 
 interface IRow {
   lease: ILease;
-  tr: HTMLTableRowElement;
-  elapsed: HTMLTableCellElement;
-  spent: HTMLTableCellElement;
+  card: HTMLElement;
+  elapsed: HTMLElement;
+  spent: HTMLElement;
   button: HTMLButtonElement;
 }
 
 export class LeaseTable {
-  readonly node: HTMLTableElement;
-  private readonly body: HTMLTableSectionElement;
+  readonly node: HTMLElement;
+  private readonly body: HTMLElement;
   private readonly rows = new Map<number, IRow>();
 
   constructor(private readonly model: MarketModel) {
-    this.body = h('tbody', {});
-    this.node = h(
-      'table',
-      { class: 'jp-gpumarket-table', 'data-testid': 'gpumarket-leases' },
-      h('thead', {}, h('tr', {}, ...['Lease', 'Provider', 'GPU', 'Price/GPU-h', 'Elapsed', 'Spent', ''].map(t => h('th', {}, t)))),
-      this.body
-    );
+    this.body = h('div', {});
+    this.node = h('div', { class: 'jp-gpumarket-leases', 'data-testid': 'gpumarket-leases' }, this.body);
   }
 
   /** Match rows to the polled leases: add new ones, drop closed ones, refresh the rest. */
@@ -38,7 +33,7 @@ export class LeaseTable {
     const live = new Set(leases.map(l => l.lease));
     for (const [id, row] of this.rows) {
       if (!live.has(id)) {
-        row.tr.remove();
+        row.card.remove();
         this.rows.delete(id);
       }
     }
@@ -77,21 +72,32 @@ export class LeaseTable {
     button.addEventListener('click', () => void this.release(lease.lease, button));
     const row: IRow = {
       lease,
-      elapsed: h('td', { 'data-testid': 'elapsed' }),
-      spent: h('td', { 'data-testid': 'spent' }),
+      elapsed: h('span', { 'data-testid': 'elapsed' }),
+      spent: h('span', { 'data-testid': 'spent' }),
       button,
-      tr: h('tr', { 'data-testid': `gpumarket-lease-${id}`, 'data-lease': id })
+      card: h('div', { class: 'jp-gpumarket-card', 'data-testid': `gpumarket-lease-${id}`, 'data-lease': id })
     };
-    row.tr.append(
-      h('td', { 'data-testid': 'lease' }, `#${id}`),
-      h('td', { 'data-testid': 'provider' }, `provider ${lease.provider}`),
-      h('td', { 'data-testid': 'gpu', title: lease.gpu }, `${lease.gpu} ×${lease.gpus}`),
-      h('td', { 'data-testid': 'price' }, fmt.format(lease.price_per_gpu_hour)),
-      row.elapsed,
-      row.spent,
-      h('td', {}, button)
+    row.card.append(
+      h(
+        'div',
+        { class: 'jp-gpumarket-card-head' },
+        h('span', { 'data-testid': 'lease', class: 'jp-gpumarket-strong' }, `#${id}`),
+        ' · ',
+        h('span', { 'data-testid': 'provider' }, `provider ${lease.provider}`),
+        button
+      ),
+      h('div', { 'data-testid': 'gpu' }, `${lease.gpu} ×${lease.gpus}`),
+      h(
+        'div',
+        { class: 'jp-gpumarket-dim' },
+        h('span', { 'data-testid': 'price' }, fmt.format(lease.price_per_gpu_hour)),
+        '/GPU-h · ',
+        row.elapsed,
+        ' · spent ',
+        row.spent
+      )
     );
-    this.body.appendChild(row.tr);
+    this.body.appendChild(row.card);
     this.rows.set(lease.lease, row);
     return row;
   }

@@ -3,8 +3,8 @@
  * Release buttons, the instructor view (when this account runs a class),
  * recent offers, and history with costs and a spend chart.
  *
- * Sections other than the lease table are rebuilt only when their data
- * changes; the lease table updates in place and ticks every second.
+ * Sections other than the lease list are rebuilt only when their data
+ * changes; the lease list updates in place and ticks every second.
  */
 import { Widget } from '@lumino/widgets';
 
@@ -36,7 +36,7 @@ export class MarketPanel extends Widget {
     this.node.setAttribute('data-testid', 'gpumarket-panel');
     this.leases = new LeaseTable(model);
     this.notice = h('div', { class: 'jp-gpumarket-notice', 'data-testid': 'gpumarket-notice', role: 'status' });
-    this.rate = h('span', { 'data-testid': 'gpumarket-rate' });
+    this.rate = h('span', { class: 'jp-gpumarket-rate', 'data-testid': 'gpumarket-rate' });
     this.node.append(
       h('h2', { class: 'jp-gpumarket-title' }, 'GPU market'),
       this.notice,
@@ -165,19 +165,21 @@ export class MarketPanel extends Widget {
       return null;
     }
     const fmt = new TokenFormat(offers.decimals, offers.symbol);
-    const rows = offers.offers.map(o =>
+    const items = offers.offers.map(o =>
       h(
-        'tr',
-        { 'data-provider': String(o.provider), class: o.active ? '' : 'jp-gpumarket-inactive' },
-        h('td', {}, `provider ${o.provider}`),
-        h('td', { title: `${o.memory_gib} GiB, ${o.tflops} TFLOPS` }, `${o.gpu} ×${o.gpus}`),
-        h('td', {}, o.region || '—'),
-        h('td', {}, fmt.format(o.last_price ?? o.min_price)),
-        h('td', {}, `${Math.round(o.reliability * 100)}%`)
+        'div',
+        { class: `jp-gpumarket-item${o.active ? '' : ' jp-gpumarket-inactive'}`, 'data-provider': String(o.provider) },
+        h('div', {}, h('span', { class: 'jp-gpumarket-strong' }, `provider ${o.provider}`), ` · ${o.gpu} ×${o.gpus}`),
+        h(
+          'div',
+          { class: 'jp-gpumarket-dim' },
+          `${o.memory_gib} GiB · ${o.tflops} TFLOPS · ${o.region || 'any region'} · last ${fmt.format(o.last_price ?? o.min_price)}` +
+            ` · reliability ${Math.round(o.reliability * 100)}%${o.active ? '' : ' · inactive'}`
+        )
       )
     );
-    return rows.length
-      ? table('gpumarket-offers', ['Provider', 'GPU', 'Region', 'Last price', 'Reliability'], rows)
+    return items.length
+      ? h('div', { 'data-testid': 'gpumarket-offers' }, ...items)
       : h('div', { class: 'jp-gpumarket-empty' }, 'No providers registered yet.');
   }
 
@@ -192,8 +194,7 @@ export class MarketPanel extends Widget {
       h(
         'tr',
         { 'data-testid': `gpumarket-history-${r.lease_id}` },
-        h('td', {}, `#${r.lease_id}`),
-        h('td', {}, `provider ${r.provider}`),
+        h('td', { title: `provider ${r.provider}` }, `#${r.lease_id}`),
         h('td', {}, `×${r.gpus} · ${duration(r.seconds)}`),
         h('td', {}, fmt.format(r.paid_to_provider)),
         h('td', {}, fmt.format(r.refunded))
@@ -205,7 +206,7 @@ export class MarketPanel extends Widget {
       kv('Total cost', h('span', { 'data-testid': 'gpumarket-total-cost' }, fmt.format(total))),
       spendChart(history.spend_series, fmt),
       rows.length
-        ? table('gpumarket-history', ['Lease', 'Provider', 'GPUs · time', 'Cost', 'Refunded'], rows)
+        ? table('gpumarket-history', ['Lease', 'GPUs · time', 'Cost', 'Refunded'], rows)
         : h('div', { class: 'jp-gpumarket-empty' }, 'No closed leases yet.')
     );
   }

@@ -1,0 +1,88 @@
+"""The market sidebar in a real browser against the devnet: lease listed, released, refunded on chain.
+
+JupyterLab runs as a subprocess with the server extension and the prebuilt lab
+extension of this checkout, pointed at the session devnet (rolled back after the
+test) with one provider agent bidding. Chromium opens the sidebar; the lease is
+made through the REST API and released by clicking its button.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+from playwright.sync_api import expect
+
+from jupyter_gpumarket.spec import DealStatus
+
+from .harness import LabServer, isolated_jupyter_env, open_market_sidebar, save_screenshot, token_text
+
+
+@pytest.fixture
+def lab_market(chain, tmp_path):
+    """A provider agent on the (snapshotted) session devnet and a `jupyter lab` that trades on it."""
+    env = isolated_jupyter_env(
+        tmp_path, GPUMARKET_HOME=str(tmp_path / "gpumarket-home"), DASK_GPUMARKET__DEVNET="true",
+        DASK_GPUMARKET__DEVNET_DIR=str(chain.state_dir), DASK_GPUMARKET__WINDOW="2")
+    lab = LabServer(sys.executable, tmp_path / "lab", env)
+    try:
+        chain.start_agents(count=1)  # the H100 profile: bids its 2.90 floor
+        lab.start()
+        chain.wait_for_providers(1, timeout=180)
+        lab.wait_ready()
+        yield chain, lab
+    finally:
+        lab.stop()
+        chain.stop_agents()  # before the chain fixture rolls the devnet back
+
+
+def test_sidebar_lists_a_lease_and_its_release_button_refunds_on_chain(lab_market, page):
+    net, lab = lab_market
+    tenant = net.client("tenant")
+    decimals, symbol = tenant.token_decimals(), tenant.token_symbol()
+    money = lambda amount: token_text(amount, decimals, symbol)  # noqa: E731
+
+    panel = open_market_sidebar(page, lab)
+    expect(panel.get_by_test_id("gpumarket-address")).to_have_attribute("title", tenant.address)
+    expect(panel.get_by_test_id("gpumarket-balance")).to_have_text(money(tenant.balance()))
+    expect(page.get_by_test_id("gpumarket-status")).to_have_text("GPU spend: none")
+
+    rented = lab.post("gpumarket/leases", {"gpus": 1, "gpu": "", "max_price": "3.00", "hours": 1})
+    assert rented.status_code == 201, rented.text
+    (lease_id,) = rented.json()["lease_ids"]
+    lease = tenant.lease(lease_id)
+    assert lease.status == DealStatus.ACTIVE and lease.gpus == 1
+
+    row = panel.get_by_test_id(f"gpumarket-lease-{lease_id}")
+    expect(row.get_by_test_id("provider")).to_have_text(f"provider {lease.provider_id}")
+    expect(row.get_by_test_id("price")).to_have_text(money(lease.price_per_gpu_hour))
+    expect(row.get_by_test_id("gpu")).to_have_text("NVIDIA H100 80GB HBM3 ×1")
+    expect(page.get_by_test_id("gpumarket-status")).to_have_text(
+        f"GPU spend: {money(lease.price_per_gpu_hour * lease.gpus)}/h")
+    save_screenshot(page, "lab-sidebar-lease-listed")
+
+    # The palette offers the release-all command.
+    page.keyboard.press("Control+Shift+C")
+    page.locator(".lm-CommandPalette-input").fill("release all")
+    expect(page.locator(".lm-CommandPalette-item", has_text="GPU market: release all leases")).to_be_visible()
+    page.keyboard.press("Escape")
+
+    before = tenant.balance()
+    row.get_by_test_id(f"gpumarket-release-{lease_id}").click()
+    notice = panel.get_by_test_id("gpumarket-notice")
+    expect(notice).to_contain_text(f"Lease #{lease_id} released")
+    expect(row).to_have_count(0)
+    expect(panel.get_by_test_id(f"gpumarket-history-{lease_id}")).to_be_visible()
+    expect(page.get_by_test_id("gpumarket-status")).to_have_text("GPU spend: none")
+    save_screenshot(page, "lab-sidebar-lease-released")
+
+    # On chain: closed, the refund arrived in the tenant's wallet to the base unit, the deposit adds up,
+    # and the sidebar reported the refund the chain made.
+    closed = tenant.lease(lease_id)
+    assert closed.status == DealStatus.CLOSED
+    (event,) = tenant.get_logs("LeaseClosed", leaseId=lease_id)
+    assert event["refunded"] > 0
+    assert tenant.balance() - before == event["refunded"]
+    expect(notice).to_contain_text(f"refunded {money(event['refunded'])}")
+    paid = sum(w["amount"] for w in tenant.get_logs("PaymentWithdrawn", leaseId=lease_id)) + event["paid"]
+    assert paid + event["fee"] + event["refunded"] == closed.deposit
