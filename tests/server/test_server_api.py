@@ -15,8 +15,9 @@ import sqlite3
 
 import dask.config
 import pytest
+from eth_account import Account
 
-from jupyter_gpumarket.chain.devnet import AGENT_PROFILES, Devnet, DevnetParams
+from jupyter_gpumarket.chain.devnet import AGENT_PROFILES, DEV_MNEMONIC, Devnet, DevnetParams
 from jupyter_gpumarket.server.handlers import INTERNAL
 from jupyter_gpumarket.session import RentRequest, Session
 from jupyter_gpumarket.spec import DealStatus
@@ -96,9 +97,26 @@ async def test_wallet_and_offers_match_the_chain(jp_fetch, market, tenant):
         assert row["last_price"] is None or isinstance(row["last_price"], str) and int(row["last_price"]) > 0
 
 
+async def test_no_answer_carries_the_accounts_key(jp_fetch, market):
+    Account.enable_unaudited_hdwallet_features()
+    key = Account.from_mnemonic(DEV_MNEMONIC, account_path="m/44'/60'/0'/0/1").key.hex().removeprefix("0x")
+    for method, path in ENDPOINTS:
+        if method == "GET":
+            response = await jp_fetch("gpumarket", path, raise_error=False, request_timeout=60)
+            assert response.code == 200 and key not in response.body.decode().lower()
+
+
 async def test_rent_list_release_and_each_refund_reaches_the_wallet(jp_fetch, market, tenant):
-    status, rented = await call(jp_fetch, "POST", "leases",
-                                {"gpus": 2, "gpu": ANY_GPU, "max_price": "3.00", "hours": 1, "window": 2})
+    orders = tenant.market.functions.orderCount().call()
+    renting = asyncio.ensure_future(call(jp_fetch, "POST", "leases",
+                                         {"gpus": 2, "gpu": ANY_GPU, "max_price": "3.00", "hours": 1, "window": 3}))
+    while tenant.market.functions.orderCount().call() == orders:  # until the server's auction is under way
+        assert not renting.done(), renting.result()
+        await asyncio.sleep(0.05)
+    status, wallet = await call(jp_fetch, "GET", "wallet")
+    # Served within the bidding window: the auction runs in a thread, not on the server's event loop.
+    assert status == 200 and wallet["connected"] and not renting.done()
+    status, rented = await renting
     assert status == 201, rented
     ids = rented["lease_ids"]
     leases = {i: tenant.lease(i) for i in ids}
