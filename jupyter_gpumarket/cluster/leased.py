@@ -27,6 +27,7 @@ from distributed.deploy.cluster import Cluster
 from tornado.ioloop import PeriodicCallback
 
 from ..errors import GpuMarketError, InvalidRequest, NotFound
+from .environment import PackageSet
 from ..spec import GpuSpec, Money
 
 logger = logging.getLogger(__name__)
@@ -61,6 +62,10 @@ class LeasedCluster(Cluster):
         kernel can re-attach with :meth:`from_lease`.
     attest: check every lease's hardware (inventory and a timed, seeded benchmark) within the
         attestation grace period; a lease that fails is rejected with a full refund and re-leased.
+    packages: what the workers need beyond the provider's environment: a
+        :class:`~jupyter_gpumarket.cluster.environment.PackageSet` or requirement strings
+        (``["scikit-learn==1.7.2"]``); providers that cannot build it are passed over, and if
+        none can, the error carries their reason and no money moves.
     """
 
     def __init__(
@@ -84,6 +89,7 @@ class LeasedCluster(Cluster):
         class_id: int = 0,
         store=None,
         attest: bool = False,
+        packages=None,
         asynchronous: bool = False,
         loop=None,
         name: str | None = None,
@@ -109,6 +115,8 @@ class LeasedCluster(Cluster):
                 name=self.name,
                 store=store,
                 attest=attest,
+                packages=packages if isinstance(packages, PackageSet) or packages is None
+                else PackageSet.parse(packages),
             )
         self.leaser = leaser
         self.market = leaser.client

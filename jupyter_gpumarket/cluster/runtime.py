@@ -13,6 +13,13 @@ worker process pinned to it (``CUDA_VISIBLE_DEVICES`` rotated and the
 directly so that resources, name and profile plugin reach every worker).
 Everywhere else the workers are plain ``distributed.Worker`` objects in this
 process (threads, no nanny) that declare a simulated :class:`GpuProfile`.
+
+With ``python=`` (the interpreter of an environment built for the tenant's
+package set, see :mod:`jupyter_gpumarket.cluster.environment`) each worker is
+instead a process of that interpreter (``python -m
+jupyter_gpumarket.cluster.runtime SPEC``), made with the same arguments, TLS
+and plugins, which the runtime stops on close; the worker also stops when the
+agent that started it goes away.
 """
 
 from __future__ import annotations
@@ -23,7 +30,12 @@ import dataclasses
 import importlib.util
 import logging
 import os
+import pickle
+import signal
+import sys
+import tempfile
 import threading
+from pathlib import Path
 from collections.abc import Coroutine
 from typing import Any
 
@@ -174,6 +186,7 @@ class LeaseRuntime:
         use_cuda: bool | None = None,
         timeout: float = _DEFAULT_TIMEOUT,
         plugins: tuple = (),
+        python: str | None = None,
     ):
         if not isinstance(security, Security) or not security.require_encryption:
             raise InvalidRequest("LeaseRuntime needs a distributed.Security with require_encryption=True")
@@ -193,9 +206,12 @@ class LeaseRuntime:
         self.timeout = timeout
         self.extra_plugins = tuple(plugins)  # e.g. a devnet-only SimulatedBehaviour
         self.use_cuda = _cuda_available() if use_cuda is None else use_cuda
+        self.python = python  # None: workers in this process; else processes of this interpreter
+        if python is not None and self.use_cuda:
+            raise InvalidRequest("a custom worker environment is not supported with dask_cuda workers yet")
         self._given_scheduler = scheduler_address
         self._scheduler: Scheduler | None = None
-        self._workers: list[Any] = []  # Worker, or Nanny (one per GPU) with dask_cuda
+        self._workers: list[Any] = []  # Worker, Nanny (one per GPU) with dask_cuda, or _WorkerProcess
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -303,7 +319,7 @@ class LeaseRuntime:
             if isinstance(w, Worker):
                 if w.address:
                     out.append(w.address)
-            elif getattr(w, "worker_address", None):  # Nanny on GPU providers
+            elif getattr(w, "worker_address", None):  # Nanny on GPU providers, or a worker process
                 out.append(w.worker_address)
         return out
 
@@ -350,7 +366,12 @@ class LeaseRuntime:
             death_timeout=self.timeout,
             validate=False,
         )
-        if self.use_cuda:
+        if self.python is not None:
+            new = [
+                _WorkerProcess(self.python, self.scheduler_address, f"lease-{self.lease_id}-gpu-{i}", common)
+                for i in range(self.gpus)
+            ]
+        elif self.use_cuda:
             # One nanny-managed worker process per GPU, as dask_cuda.CUDAWorker
             # does, built directly so that resources/plugins reach the worker.
             from dask_cuda.utils import cuda_visible_devices  # optional; GPU providers only
@@ -385,3 +406,82 @@ class LeaseRuntime:
             with contextlib.suppress(Exception):
                 await self._scheduler.close(reason=f"lease {self.lease_id} closed")
             self._scheduler = None
+
+
+class _WorkerProcess:
+    """One Dask worker run by another interpreter (a lease's package environment).
+
+    The worker's arguments (Security, plugins, profile) are pickled into a file
+    only this agent writes and the child reads; the child writes its address back.
+    """
+
+    def __init__(self, python: str, scheduler: str, name: str, kwargs: dict[str, Any]) -> None:
+        self.python = python
+        self.scheduler = scheduler
+        self.name = name
+        self.kwargs = kwargs
+        self.worker_address: str | None = None
+        self._dir = tempfile.TemporaryDirectory(prefix=f"gpumarket-{name}-")
+        self._process: asyncio.subprocess.Process | None = None
+
+    @property
+    def status(self):
+        from distributed.core import Status
+
+        running = self._process is not None and self._process.returncode is None and self.worker_address
+        return Status.running if running else Status.closed
+
+    async def start(self) -> None:
+        root = Path(self._dir.name)
+        spec = {"scheduler": self.scheduler, "name": self.name, "kwargs": self.kwargs,
+                "address_file": str(root / "address"), "parent": os.getpid()}
+        (root / "spec.pkl").write_bytes(pickle.dumps(spec))
+        log = open(root / "worker.log", "wb")
+        try:
+            self._process = await asyncio.create_subprocess_exec(
+                self.python, "-m", "jupyter_gpumarket.cluster.runtime", str(root / "spec.pkl"),
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+            )
+        finally:
+            log.close()
+        address_file = root / "address"
+        while not address_file.exists():
+            if self._process.returncode is not None:
+                tail = (root / "worker.log").read_text(errors="replace")[-2000:]
+                logger.error("worker %s exited with %s:\n%s", self.name, self._process.returncode, tail)
+                raise LeaseRuntimeError(f"worker {self.name} exited with code {self._process.returncode} at start")
+            await asyncio.sleep(0.05)
+        self.worker_address = address_file.read_text().strip()
+
+    async def close(self, reason: str = "") -> None:
+        process, self._process = self._process, None
+        if process is not None and process.returncode is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(process.wait(), 10)
+            except asyncio.TimeoutError:
+                process.kill()
+                await process.wait()
+        self._dir.cleanup()
+
+
+async def _run_worker_process(spec: dict[str, Any]) -> None:
+    worker = Worker(spec["scheduler"], name=spec["name"], **spec["kwargs"])
+    await worker
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: asyncio.ensure_future(worker.close(reason="stopped by the provider")))
+    ready = Path(spec["address_file"] + ".tmp")
+    ready.write_text(worker.address)
+    ready.replace(spec["address_file"])  # atomic: the agent never reads half an address
+    while worker.status.name in ("running", "paused", "init"):
+        if os.getppid() != spec["parent"]:  # the agent died: do not serve on without it
+            await worker.close(reason="provider agent exited")
+            break
+        await asyncio.sleep(0.5)
+    await worker.finished()
+
+
+if __name__ == "__main__":  # a worker process in a lease's package environment (see _WorkerProcess)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    asyncio.run(_run_worker_process(pickle.loads(Path(sys.argv[1]).read_bytes())))

@@ -9,6 +9,11 @@ Default rule: lowest *expected cost to complete*, i.e. price per unit of
 throughput, discounted by reliability — a fast GPU at a higher hourly price
 often finishes the job for less. ``rule="price"`` takes the lowest hourly price.
 
+``bid_filter`` lets the caller pass over bidders before anything is accepted
+(the tenant asks each whether it can run the cluster's package set); when every
+bid is refused that way the order is closed, the deposit refunded, and the
+bidders' refusal raised.
+
 >>> from jupyter_gpumarket.spec import Bid, HardwareClaim, Provider
 >>> fast = Provider(1, "0xA", 0, HardwareClaim("H100", 8, 80, 989.0), True)
 >>> slow = Provider(2, "0xB", 0, HardwareClaim("RTX 4090", 2, 24, 165.0), True)
@@ -22,6 +27,7 @@ often finishes the job for less. ``rule="price"`` takes the lowest hourly price.
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Literal
 
@@ -164,6 +170,7 @@ def request_gpus(
     poll_interval: float = 0.1,
     exclude_providers: Iterable[int] = (),
     class_id: int = 0,
+    bid_filter: Callable[[Bid], GpuMarketError | None] | None = None,
 ) -> AuctionResult:
     """Run one auction on chain and return the leases made.
 
@@ -201,8 +208,12 @@ def request_gpus(
     t0 = time.monotonic()
     excluded = set(exclude_providers)
     eligible = [b for b in bids if b.provider_id not in excluded]
+    refusals = _filter_bids(eligible, bid_filter)
+    eligible = [b for b in eligible if b.id not in refusals]
     selection = select_bids(eligible, providers, spec.count, spec, rule, budget, hours, measured_tflops)
     try:
+        if not eligible and refusals:
+            raise next(iter(refusals.values()))
         _refuse_unservable(order_id, eligible, selection, spec, budget, hours, partial)
     except GpuMarketError:
         hashes.append(client.close_order(order_id).hash)
@@ -214,6 +225,15 @@ def request_gpus(
     return AuctionResult(
         order_id, leases, bids, selection, hashes, bidding_seconds, chain_seconds + time.monotonic() - t0
     )
+
+
+def _filter_bids(bids: list[Bid], bid_filter) -> dict[int, GpuMarketError]:
+    """``{bid id: refusal}`` for the bids ``bid_filter`` turns down, asked of all bidders at once."""
+    if bid_filter is None or not bids:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(bids))) as pool:
+        answers = list(pool.map(bid_filter, bids))
+    return {bid.id: answer for bid, answer in zip(bids, answers) if answer is not None}
 
 
 def _check_request(spec: GpuSpec, max_price: int, hours: float, budget: int, window: int) -> None:

@@ -3,8 +3,15 @@
 Everything that crosses it is public or signed, so it runs over plain HTTP:
 the provider's CSR (its public key, matching the fingerprint in its bid), the
 tenant's CA and the certificate it signed for the provider (authorised by the
-tenant's chain key over their hashes), and the provider's signed heartbeats.
-Dask traffic itself only ever runs over mutual TLS.
+tenant's chain key over their hashes), the package set the workers need (its
+digest is signed with the rest), and the provider's signed heartbeats. Dask
+traffic itself only ever runs over mutual TLS.
+
+A provider that cannot run the package set answers 422 with a structured
+refusal (package, wanted, reason), which :class:`ControlClient` raises as
+:class:`~jupyter_gpumarket.cluster.environment.EnvironmentRefused` with the
+text sanitised and bounded; ``POST /environment`` asks the same question before
+any lease exists.
 
 ``ControlServer`` is a thin HTTP front over a handler object (the agent);
 ``ControlClient`` is what the tenant calls.
@@ -25,15 +32,19 @@ from eth_account import Account
 from eth_account.messages import encode_defunct
 from web3 import Web3
 
-from ..errors import GpuMarketError, NotAuthorized, NotFound, ProviderUnreachable, WrongState
+from ..cluster.environment import EnvironmentRefused, PackageSet, sanitise
+from ..errors import GpuMarketError, InvalidRequest, NotAuthorized, NotFound, ProviderUnreachable, WrongState
 
 logger = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 256 * 1024
 
-def start_digest(chain_id: int, market: str, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str) -> bytes:
-    """What the tenant signs to start a lease's workers: binds lease, CA, cert and scheduler."""
+
+def start_digest(chain_id: int, market: str, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str,
+                 packages: PackageSet = PackageSet()) -> bytes:
+    """What the tenant signs to start a lease's workers: binds lease, CA, cert, scheduler and package set."""
     return Web3.solidity_keccak(
-        ["string", "uint256", "address", "uint256", "bytes32", "bytes32", "string"],
+        ["string", "uint256", "address", "uint256", "bytes32", "bytes32", "string", "bytes32"],
         [
             "gpumarket-start",
             chain_id,
@@ -42,17 +53,20 @@ def start_digest(chain_id: int, market: str, lease_id: int, ca_pem: bytes, cert_
             hashlib.sha256(ca_pem).digest(),
             hashlib.sha256(cert_pem).digest(),
             scheduler,
+            bytes.fromhex(packages.digest),
         ],
     )
 
 
-def sign_start(signer, chain_id: int, market: str, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str) -> str:
-    digest = start_digest(chain_id, market, lease_id, ca_pem, cert_pem, scheduler)
+def sign_start(signer, chain_id: int, market: str, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str,
+               packages: PackageSet = PackageSet()) -> str:
+    digest = start_digest(chain_id, market, lease_id, ca_pem, cert_pem, scheduler, packages)
     return "0x" + bytes(signer.sign_message(encode_defunct(primitive=digest)).signature).hex()
 
 
-def recover_start_signer(chain_id, market, lease_id, ca_pem, cert_pem, scheduler, signature: str) -> str:
-    digest = start_digest(chain_id, market, lease_id, ca_pem, cert_pem, scheduler)
+def recover_start_signer(chain_id, market, lease_id, ca_pem, cert_pem, scheduler, signature: str,
+                         packages: PackageSet = PackageSet()) -> str:
+    digest = start_digest(chain_id, market, lease_id, ca_pem, cert_pem, scheduler, packages)
     try:
         return Account.recover_message(encode_defunct(primitive=digest), signature=signature)
     except Exception:
@@ -66,12 +80,15 @@ class ControlHandler(Protocol):
 
     def lease_csr(self, lease_id: int) -> bytes: ...
 
-    def start_lease(self, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str, signature: str) -> dict: ...
+    def start_lease(self, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str, signature: str,
+                    packages: PackageSet) -> dict: ...
+
+    def check_environment(self, packages: PackageSet) -> dict: ...
 
     def heartbeat(self, lease_id: int) -> dict: ...
 
 
-_STATUS = {NotAuthorized: 403, NotFound: 404, WrongState: 409}
+_STATUS = {NotAuthorized: 403, NotFound: 404, WrongState: 409, EnvironmentRefused: 422}
 
 
 class ControlServer:
@@ -115,23 +132,39 @@ def _make_request_handler(handler: ControlHandler):
 
         def do_POST(self) -> None:
             parts = self.path.strip("/").split("/")
-            if len(parts) != 3 or parts[0] != "leases" or parts[2] != "start":
+            is_start = len(parts) == 3 and parts[0] == "leases" and parts[2] == "start"
+            if not is_start and parts != ["environment"]:
                 self._reply(404, {"error": f"no such resource {self.path}"})
                 return
             try:
-                body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
-                args = (body["ca_pem"].encode(), body["cert_pem"].encode(), body.get("scheduler") or "", body["signature"])
-            except (ValueError, KeyError, AttributeError):
-                self._reply(400, {"error": "expected JSON with ca_pem, cert_pem, scheduler and signature"})
+                length = int(self.headers.get("Content-Length", 0))
+                if length > MAX_BODY_BYTES:
+                    raise ValueError("request too large")
+                body = json.loads(self.rfile.read(length) or b"{}")
+                packages = PackageSet.from_dict(body.get("packages") or {})
+                if is_start:
+                    args = (body["ca_pem"].encode(), body["cert_pem"].encode(), body.get("scheduler") or "",
+                            body["signature"], packages)
+            except InvalidRequest as exc:
+                self._reply(400, {"error": str(exc)})
                 return
-            self._call(lambda: handler.start_lease(_lease_id(parts[1]), *args))
+            except (ValueError, KeyError, AttributeError):
+                self._reply(400, {"error": "expected JSON with ca_pem, cert_pem, scheduler, signature and packages"})
+                return
+            if is_start:
+                self._call(lambda: handler.start_lease(_lease_id(parts[1]), *args))
+            else:
+                self._call(lambda: handler.check_environment(packages))
 
         def _call(self, fn) -> None:
             try:
                 self._reply(200, fn())
             except GpuMarketError as exc:
                 status = next((code for cls, code in _STATUS.items() if isinstance(exc, cls)), 400)
-                self._reply(status, {"error": str(exc)})
+                payload = {"error": str(exc)}
+                if isinstance(exc, EnvironmentRefused):
+                    payload["refusal"] = exc.to_dict()
+                self._reply(status, payload)
             except Exception:
                 # Internal details stay in the provider's log, never in the reply.
                 logger.exception("control endpoint failed on %s", self.path)
@@ -168,9 +201,17 @@ class ControlClient:
     def csr(self, lease_id: int) -> bytes:
         return self._request("GET", f"/leases/{lease_id}/csr")["csr_pem"].encode()
 
-    def start(self, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str, signature: str, timeout=None) -> dict:
-        body = {"ca_pem": ca_pem.decode(), "cert_pem": cert_pem.decode(), "scheduler": scheduler, "signature": signature}
-        return self._request("POST", f"/leases/{lease_id}/start", body, timeout=timeout or max(self.timeout, 60))
+    def start(self, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str, signature: str, timeout=None,
+              packages: PackageSet = PackageSet()) -> dict:
+        """Start the lease's workers; a package set to build may take the provider minutes (10 at most)."""
+        body = {"ca_pem": ca_pem.decode(), "cert_pem": cert_pem.decode(), "scheduler": scheduler, "signature": signature,
+                "packages": packages.to_dict()}
+        wait = timeout or max(self.timeout, 600 if packages else 60)
+        return self._request("POST", f"/leases/{lease_id}/start", body, timeout=wait)
+
+    def check_environment(self, packages: PackageSet, timeout: float = 120.0) -> dict:
+        """Whether the provider can run ``packages`` (``{"install": [...]}``), or EnvironmentRefused."""
+        return self._request("POST", "/environment", {"packages": packages.to_dict()}, timeout=timeout)
 
     def heartbeat(self, lease_id: int, timeout: float | None = None) -> dict:
         return self._request("GET", f"/leases/{lease_id}/heartbeat", timeout=timeout)
@@ -184,9 +225,15 @@ class ControlClient:
                 return json.loads(response.read())
         except urllib.error.HTTPError as exc:
             try:
-                message = json.loads(exc.read()).get("error", exc.reason)
-            except ValueError:
-                message = str(exc.reason)
+                payload = json.loads(exc.read())
+                message = payload.get("error", exc.reason)
+            except (ValueError, AttributeError):
+                payload, message = {}, str(exc.reason)
+            refusal = payload.get("refusal") if isinstance(payload, dict) else None
+            if exc.code == 422 and isinstance(refusal, dict):
+                raise EnvironmentRefused(*(sanitise(refusal.get(k, ""), 200) for k in ("package", "wanted", "reason"))) \
+                    from None
+            message = sanitise(message)
             cls = {403: NotAuthorized, 404: NotFound, 409: WrongState}.get(exc.code, GpuMarketError)
             raise cls(f"provider at {self.url}: {message}") from None
         except (urllib.error.URLError, OSError) as exc:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from cryptography import x509
 
+from ..cluster.environment import EnvironmentBuilder, EnvironmentRefused, PackageSet
 from ..cluster.runtime import GpuProfile, LeaseRuntime
 from ..cluster.tls import ProviderKey, cert_fingerprint, key_fingerprint
 from ..errors import GpuMarketError, NotAuthorized, NotFound, WrongState
@@ -73,6 +74,7 @@ class ProviderAgent:
         heartbeat_interval: float = 1.0,
         withdraw_interval: float = 30.0,
         behaviour=None,
+        environments: EnvironmentBuilder | None = None,
     ) -> None:
         self.client = client
         self.profile = profile
@@ -97,6 +99,8 @@ class ProviderAgent:
         self._threads: list[threading.Thread] = []
         self._next_block = 0
         self._workdir = tempfile.TemporaryDirectory(prefix="gpumarket-provider-")
+        # Builds the tenant's package set for a lease's workers; without an index only the base is served.
+        self.environments = environments or EnvironmentBuilder(f"{self._workdir.name}/envs", enabled=False)
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -296,12 +300,14 @@ class ProviderAgent:
         self._own_active_lease(lease_id)
         return self.key.csr([self.host])
 
-    def start_lease(self, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str, signature: str) -> dict:
-        """Start this lease's workers (and the scheduler, if none is given) once the tenant proves it is the tenant."""
+    def start_lease(self, lease_id: int, ca_pem: bytes, cert_pem: bytes, scheduler: str, signature: str,
+                    packages: PackageSet = PackageSet()) -> dict:
+        """Start this lease's workers (and the scheduler, if none is given) once the tenant proves it is the tenant,
+        in an environment with the tenant's ``packages`` (built once per set), or refuse with the reason."""
         lease = self._own_active_lease(lease_id)
         order = self.client.order(lease.order_id)
         signer = recover_start_signer(self.client.chain_id, self.client.market.address, lease_id, ca_pem, cert_pem,
-                                      scheduler, signature)
+                                      scheduler, signature, packages)
         if signer != order.tenant:
             raise NotAuthorized(f"start request for lease {lease_id} signed by {signer}, not its tenant")
         if cert_fingerprint(ca_pem) != order.tenant_cert_fingerprint:
@@ -309,6 +315,7 @@ class ProviderAgent:
         cert = x509.load_pem_x509_certificate(cert_pem)
         if key_fingerprint(cert.public_key()) != self.key.fingerprint:
             raise NotAuthorized(f"the certificate for lease {lease_id} is not for this provider's key")
+        environment = self._environment(packages)  # may take a while: outside the lock
         with self._lock:
             state = self._leases.setdefault(
                 lease_id, _LeaseState(lease_id, lease.order_id, lease.gpus, lease.started_at)
@@ -317,13 +324,32 @@ class ProviderAgent:
                 security = self.key.security(ca_pem, cert_pem, self._workdir.name)
                 plugins = (self.behaviour,) if self.behaviour is not None else ()
                 state.runtime = LeaseRuntime(lease_id, security, self.profile, lease.gpus, scheduler or None, self.host,
-                                             plugins=plugins)
+                                             plugins=plugins, python=environment.python)
                 runtime = state.runtime
             else:
                 runtime = state.runtime
         address = runtime.start()  # idempotent: a repeated start request gets the same answer
         self._beat()
         return {"scheduler": address, "workers": runtime.workers, "dashboard": runtime.dashboard_link}
+
+    def check_environment(self, packages: PackageSet) -> dict:
+        """Could this provider run ``packages``? What it would install, or EnvironmentRefused."""
+        return {"install": self._refusing(lambda: self.environments.check(packages))}
+
+    def _environment(self, packages: PackageSet):
+        started = time.monotonic()
+        environment = self._refusing(lambda: self.environments.prepare(packages))
+        if not environment.is_base:
+            logger.info("provider %s: environment %s %s in %.1f s", self.provider_id, environment.digest[:12],
+                        "reused" if environment.reused else "built", time.monotonic() - started)
+        return environment
+
+    def _refusing(self, build):
+        try:
+            return build()
+        except EnvironmentRefused as exc:
+            logger.warning("provider %s refused a package set: %s", self.provider_id, exc)
+            raise EnvironmentRefused(exc.package, exc.wanted, exc.reason, self.provider_id) from None
 
     def heartbeat(self, lease_id: int) -> dict:
         with self._lock:

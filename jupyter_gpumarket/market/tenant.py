@@ -5,6 +5,14 @@ certificate signed by the cluster's own CA (whose fingerprint is on every
 order), tells the first lease to host the scheduler and the others to join
 it, watches heartbeats, replaces silent providers, and settles leases into
 :class:`~jupyter_gpumarket.spec.Receipt` objects.
+
+Environment sync: with a :class:`~jupyter_gpumarket.cluster.environment.PackageSet`,
+every bidder is asked over its control endpoint whether it can run the set before
+any bid is accepted (refusing bidders are passed over; when all refuse, the order
+is closed, the deposit refunded and the providers' reasons raised as one
+:class:`EnvironmentRefused`). The set also travels, signed, in the handover; a
+provider that still refuses there has its lease rejected within the grace period
+(full refund) and its reason raised.
 ``cluster.leased.LeasedCluster`` is the Dask face of it.
 """
 
@@ -18,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 from urllib.parse import urlparse
 
+from ..cluster.environment import EnvironmentRefused, PackageSet
 from ..cluster.tls import TenantCA
 from ..errors import GpuMarketError, InsufficientFunds, NotAuthorized, NotFound, ProviderUnreachable, WrongState
 from ..spec import Bid, DealStatus, GpuSpec, Lease, Provider, Receipt
@@ -67,6 +76,7 @@ class TenantLeaser:
         ca: TenantCA | None = None,
         attest: bool = False,
         attest_tolerance: float = 0.6,
+        packages: PackageSet | None = None,
     ) -> None:
         self.client = client
         self.spec = spec
@@ -84,6 +94,8 @@ class TenantLeaser:
         self.ca = ca or TenantCA.create()
         self.attest = attest  # check each lease's hardware within the grace period (verify.attest)
         self.attest_tolerance = attest_tolerance
+        self.packages = packages or PackageSet()  # what the workers must have beyond the provider's base
+        self._env_answers: dict[int, EnvironmentRefused | None] = {}  # provider id -> its answer for self.packages
         self.attestations: dict[int, object] = {}  # lease id -> AttestationReport
         self.measured_tflops: dict[int, float] = {}  # provider id -> attested TFLOPS, for later auctions
         self._workdir = tempfile.TemporaryDirectory(prefix="gpumarket-tenant-")
@@ -115,11 +127,15 @@ class TenantLeaser:
             if remaining <= 0:
                 raise InsufficientFunds(f"the cluster's budget of {self.budget} is committed; raise the budget")
             spec = GpuSpec(gpus, self.spec.model, self.spec.min_memory_gib, self.spec.region)
-            result = request_gpus(
-                self.client, spec, self.max_price, self.hours, remaining, self.ca.fingerprint, self.window,
-                self.rule, self.partial, self.on_bid, exclude_providers=exclude, class_id=self.class_id,
-                measured_tflops=self.measured_tflops,
-            )
+            try:
+                result = request_gpus(
+                    self.client, spec, self.max_price, self.hours, remaining, self.ca.fingerprint, self.window,
+                    self.rule, self.partial, self.on_bid, exclude_providers=exclude, class_id=self.class_id,
+                    measured_tflops=self.measured_tflops, bid_filter=self._can_run if self.packages else None,
+                )
+            except EnvironmentRefused as exc:
+                raise EnvironmentRefused(exc.package, exc.wanted, f"{exc.reason} (no bidder can run the package set; "
+                                         "the order was closed and its deposit refunded)", exc.provider_id) from None
             self.auctions.append(result)
             bids = {b.id: b for b in result.bids}
             handles = []
@@ -127,10 +143,13 @@ class TenantLeaser:
             try:
                 for lease in result.leases:
                     handles.append(self._bring_up(lease, bids[lease.id], result.tx_hashes))
-            except GpuMarketError:
-                for lease in result.leases:
-                    if lease.id not in self.leases:
-                        self._settle(lease.id, reason="workers did not start")
+            except GpuMarketError as exc:
+                settled = [self._settle(lease.id, reason="workers did not start")
+                           for lease in result.leases if lease.id not in self.leases]
+                if isinstance(exc, EnvironmentRefused):
+                    refund = "rejected with a full refund" if all(r.cost == 0 for r in settled) else "closed"
+                    raise EnvironmentRefused(exc.package, exc.wanted, f"{exc.reason} (the new lease was {refund})",
+                                             exc.provider_id) from None
                 raise
             self.timings.append({
                 "bidding_window_s": result.seconds_bidding,
@@ -143,6 +162,19 @@ class TenantLeaser:
                     handles = [h for h in handles if h.provider.id not in failed]
                     handles += self.lease(sum(failed.values()), exclude=set(exclude) | set(failed))
             return handles
+
+    def _can_run(self, bid: Bid) -> EnvironmentRefused | None:
+        """None if the bidder can run this cluster's package set, else its refusal (asked once per provider)."""
+        cache = self._env_answers
+        if bid.provider_id not in cache:
+            try:
+                ControlClient(bid.endpoint).check_environment(self.packages)
+                cache[bid.provider_id] = None
+            except EnvironmentRefused as exc:
+                cache[bid.provider_id] = EnvironmentRefused(exc.package, exc.wanted, exc.reason, bid.provider_id)
+            except NotFound:
+                cache[bid.provider_id] = None  # an agent without the check: the handover decides
+        return cache[bid.provider_id]
 
     def _attest(self, handles: list[LeaseHandle]) -> dict[int, int]:
         """Check each new lease's hardware; reject (full refund) the ones that fail.
@@ -177,8 +209,11 @@ class TenantLeaser:
         cert = self.ca.sign_provider(control.csr(lease.id), bid.cert_fingerprint, hosts=[host])
         scheduler = self.scheduler_address or ""
         signature = sign_start(self.client.signer, self.client.chain_id, self.client.market.address, lease.id,
-                               self.ca.cert_pem, cert, scheduler)
-        started = control.start(lease.id, self.ca.cert_pem, cert, scheduler, signature)
+                               self.ca.cert_pem, cert, scheduler, self.packages)
+        try:
+            started = control.start(lease.id, self.ca.cert_pem, cert, scheduler, signature, packages=self.packages)
+        except EnvironmentRefused as exc:
+            raise EnvironmentRefused(exc.package, exc.wanted, exc.reason, provider.id) from None
         handle = LeaseHandle(
             lease, provider, bid.endpoint, hosts_scheduler=not scheduler, workers=started["workers"],
             monitor=HeartbeatMonitor(lease.id, provider.owner, self.domain), tx_hashes=list(tx_hashes),
