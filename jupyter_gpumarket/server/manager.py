@@ -50,23 +50,27 @@ class MarketManager:
         self._connect = connect
         self._session: Session | None = None
         self._book: LeaseBook | None = None
+        self._units: dict = {}  # the token's decimals and symbol, fixed per market
         self._lock = threading.Lock()  # guards (re)connecting and the set of held clusters
 
     # -- connection ----------------------------------------------------------------------
 
-    def session(self) -> Session:
-        """The connected session; connects (again) when there is none or its chain stopped answering."""
+    def _connected(self) -> tuple[Session, LeaseBook, dict]:
+        """Session, lease book and token units; connects (again) when there is none or its chain went quiet."""
         with self._lock:
             current = self._session
             if current is not None and current.client.w3.is_connected():
-                return current
+                return current, self._book, self._units
             fresh = self._new_session()  # raises ChainUnavailable saying what to start or fix
+            if current is not None and _same_market(current, fresh):
+                return current, self._book, self._units  # a passing hiccup: keep the clusters held here
             if current is not None:
                 self._abandon(current)
             from .ledger import LeaseBook
 
             self._session, self._book = fresh, LeaseBook(fresh.client, fresh.store)
-            return fresh
+            self._units = {"decimals": fresh.decimals, "symbol": fresh.client.token_symbol()}
+            return fresh, self._book, self._units
 
     def _new_session(self) -> Session:
         # Imported on first use: the chain and Dask stack takes seconds to import, which
@@ -80,33 +84,27 @@ class MarketManager:
         """The chain the old session spoke to is gone (a devnet restarted): its leases went with it."""
         for cluster in list(old.clusters):
             logger.warning("gpumarket: dropping cluster %s of a chain that no longer answers", cluster.name)
-            try:
-                cluster.leaser.close()
-            except OSError:
-                pass
+            cluster.leaser.close()
         old.clusters.clear()
 
     @contextmanager
     def _chain(self):
-        """The session and its lease book, with a lost connection reported as ChainUnavailable."""
-        session = self.session()
+        """(session, lease book, token units), with a connection lost midway reported as ChainUnavailable."""
+        session, book, units = self._connected()
         try:
-            yield session, self._book
+            yield session, book, units
         except (requests.ConnectionError, requests.Timeout):
             raise ChainUnavailable(
                 f"lost the connection to the chain at {session.client.w3.provider.endpoint_uri}; "
                 "check that it runs (gpumarket devnet status) and try again"
             ) from None
 
-    def _units(self, session: Session) -> dict:
-        return {"decimals": session.decimals, "symbol": session.client.token_symbol()}
-
     # -- reading ---------------------------------------------------------------------------
 
     def wallet(self) -> dict:
         """The account, its token balance and the market, or why there is no connection (not an error)."""
         try:
-            with self._chain() as (session, _):
+            with self._chain() as (session, _, units):
                 client = session.client
                 return {
                     "connected": True,
@@ -115,23 +113,23 @@ class MarketManager:
                     "market": client.market.address,
                     "balance": str(client.balance()),
                     "class_id": session.class_id,
-                    **self._units(session),
+                    **units,
                 }
         except ChainUnavailable as exc:
             return {"connected": False, "reason": str(exc)}
 
     def offers(self) -> dict:
         """Registered providers with hardware, reliability and recent bid prices."""
-        with self._chain() as (session, _):
+        with self._chain() as (session, _, units):
             rows = session.offers()
             for row in rows:
                 for key in ("last_price", "min_price"):
                     row[key] = None if row[key] is None else str(row[key])
-            return {"offers": rows, **self._units(session)}
+            return {"offers": rows, **units}
 
     def leases(self) -> dict:
         """Live leases of this account: from the chain, named after their cluster where one is recorded."""
-        with self._chain() as (session, book):
+        with self._chain() as (session, book, units):
             now = int(time.time())
             live = book.live(session.client.address)
             rate = sum(item.lease.price_per_gpu_hour * item.lease.gpus for item in live)
@@ -139,22 +137,22 @@ class MarketManager:
                 "leases": [item.row(now) for item in live],
                 "spend_rate_per_hour": str(rate),
                 "now": now,
-                **self._units(session),
+                **units,
             }
 
     def history(self) -> dict:
         """Settled leases of this account, oldest first, and the cumulative spend over time."""
-        with self._chain() as (session, book):
+        with self._chain() as (session, book, units):
             rows, series, total = [], [], 0
             for receipt, closed_at in book.settled(session.client.address):
                 rows.append({**receipt_json(receipt), "closed_at": closed_at})
                 total += receipt.cost
                 series.append([closed_at, str(total)])
-            return {"history": rows, "spend_series": series, **self._units(session)}
+            return {"history": rows, "spend_series": series, **units}
 
     def budget(self) -> dict:
         """The session cap (``gpumarket.budget``) against what this server's leases commit and spend."""
-        with self._chain() as (session, _):
+        with self._chain() as (session, _, units):
             committed = session.committed()
             remaining = session.remaining()
             return {
@@ -162,12 +160,12 @@ class MarketManager:
                 "spent": str(session.spent()),
                 "committed": str(committed),
                 "remaining": None if remaining is None else str(max(remaining, 0)),
-                **self._units(session),
+                **units,
             }
 
     def classroom(self) -> dict:
         """Classes this account sponsors: the pool, and each student's cap, spend and live leases."""
-        with self._chain() as (session, book):
+        with self._chain() as (session, book, units):
             client, now = session.client, int(time.time())
             classes = []
             for created in client.get_logs("ClassCreated", sponsor=client.address):
@@ -189,7 +187,7 @@ class MarketManager:
                     })
                 pool = client.class_info(class_id)["balance"]
                 classes.append({"class_id": class_id, "pool": str(pool), "students": rows})
-            return {"classes": classes, "now": now, **self._units(session)}
+            return {"classes": classes, "now": now, **units}
 
     # -- acting ------------------------------------------------------------------------------
 
@@ -197,22 +195,22 @@ class MarketManager:
         """Run an auction for the GPUs in ``body`` (see :mod:`.rentform`) and hold the cluster here."""
         from .rentform import rent_request
 
-        with self._chain() as (session, _):
-            request = rent_request(body, session.decimals)
+        with self._chain() as (session, _, units):
+            request = rent_request(body, units["decimals"])
             cluster = session.rent(request, reuse=False)  # a new lease each time: never take over a kernel's
             return {"lease_ids": sorted(cluster.leaser.leases), "cluster": cluster.name}
 
     def release(self, lease_id) -> dict:
         """Close one live lease of this account, held here or made elsewhere (a kernel's)."""
         lease_id = parse_lease_id(lease_id)
-        with self._chain() as (session, _):
+        with self._chain() as (session, _, _):
             (receipt,) = session.release(lease_id)
             self._drop_empty_clusters(session)
             return {"receipt": receipt_json(receipt)}
 
     def release_all(self) -> dict:
         """Close every live lease of this account: the ones held here, then any a kernel left."""
-        with self._chain() as (session, book):
+        with self._chain() as (session, book, _):
             # Lease by lease (each receipt counted once in the session); scheduler hosts last.
             held = [h.id for c in list(session.clusters)
                     for h in sorted(c.leaser.leases.values(), key=lambda h: h.hosts_scheduler)]
@@ -263,3 +261,13 @@ def receipt_json(receipt: Receipt) -> dict:
         "cost": str(receipt.cost),
         "tx_hashes": list(receipt.tx_hashes),
     }
+
+
+def _same_market(a: Session, b: Session) -> bool:
+    """Whether two sessions speak to the same market at the same RPC URL as the same account."""
+    return _identity(a) == _identity(b)
+
+
+def _identity(session: Session) -> tuple:
+    client = session.client
+    return client.w3.provider.endpoint_uri, client.chain_id, client.market.address, client.address
