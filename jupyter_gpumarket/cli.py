@@ -7,6 +7,9 @@
     gpumarket demo [--lease-only]                    the quickstart notebook (or one bare lease) on a private devnet
     gpumarket provider run --devnet --account provider0 --gpu-model "H100" --price 2.50 ...
                                                      serve GPUs (real ones via NVML, or a declared profile)
+    gpumarket watchdog run|status|stop [--devnet | --rpc URL --market 0x... --keystore FILE]
+                                                     release leases of dead or idle notebooks (started
+                                                     by a session's first lease; exits with the last lease)
 
 Errors of this package print as one line (``error: ...``) with exit code 2;
 the private key never reaches the terminal.
@@ -130,6 +133,37 @@ def _provider_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _watchdog(args: argparse.Namespace) -> int:
+    import logging
+
+    from .session import Session
+    from .watchdog import WatchdogLock, WatchdogPolicy, run_watchdog, stop_watchdog
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    session = Session.connect(devnet=args.devnet or None, rpc_url=args.rpc, market=args.market,
+                              keystore=args.keystore, state_dir=args.state_dir, account=args.account)
+    client = session.client
+    if args.action == "run":
+        base = WatchdogPolicy.from_config()
+        policy = WatchdogPolicy(
+            args.idle_timeout if args.idle_timeout is not None else base.idle_timeout,
+            args.warn_before if args.warn_before is not None else base.warn_before,
+            args.interval if args.interval is not None else base.interval,
+        )
+        return run_watchdog(session, policy)
+    if args.action == "stop":
+        pid = stop_watchdog(client.chain_id, client.market.address, client.address)
+        print(f"asked the watchdog (pid {pid}) to stop" if pid else f"no watchdog runs for {client.address}")
+        return 0
+    pid = WatchdogLock(client.chain_id, client.market.address, client.address).running_pid()
+    live = session.store.live_leases(client.chain_id, client.market.address) if session.store else []
+    print(f"watchdog for {client.address} on chain {client.chain_id}: "
+          f"{f'running (pid {pid})' if pid else 'not running'}; {len(live)} live lease(s) in the history")
+    for notice in (session.store.notices()[-5:] if session.store else []):
+        print(f"  [{notice['kind']}, {notice['state']}] {notice['message']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gpumarket", description="Rent GPUs from a decentralised market.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -179,6 +213,20 @@ def build_parser() -> argparse.ArgumentParser:
     provider.add_argument("--simulate-wrong-rows", type=float, default=0.0,
                           help="devnet only: invent this fraction of benchmark results")
     provider.set_defaults(func=_provider_run)
+
+    watchdog = sub.add_parser("watchdog", help="release leases of dead or idle notebooks")
+    watchdog.add_argument("action", choices=["run", "status", "stop"])
+    watchdog.add_argument("--devnet", action="store_true", help="use the recorded devnet and one of its accounts")
+    watchdog.add_argument("--state-dir", default=None, help="devnet state directory")
+    watchdog.add_argument("--account", default=None, help="devnet account role (default gpumarket.devnet-account)")
+    watchdog.add_argument("--rpc", default=None, help="JSON-RPC URL (without --devnet)")
+    watchdog.add_argument("--market", default=None, help="GpuMarket address (without --devnet)")
+    watchdog.add_argument("--keystore", default=None,
+                          help="keystore file (password from GPUMARKET_KEYSTORE_PASSWORD); else GPUMARKET_PRIVATE_KEY")
+    watchdog.add_argument("--idle-timeout", type=float, default=None, help="seconds (default gpumarket.idle-timeout)")
+    watchdog.add_argument("--warn-before", type=float, default=None, help="seconds (default gpumarket.warn-before)")
+    watchdog.add_argument("--interval", type=float, default=None, help="seconds between checks")
+    watchdog.set_defaults(func=_watchdog)
     return parser
 
 

@@ -8,6 +8,19 @@ file) and what each lease cost. No private key is ever written here: the CA
 key lives in its own 0600 file, encrypted with a password derived from the
 tenant's chain key (see :func:`ca_password`).
 
+It also carries what the watchdog (:mod:`jupyter_gpumarket.watchdog`) and the
+spending caps need across processes:
+
+- ``holders``: which process holds each cluster and when it was last seen
+  (a kernel refreshes it every few seconds; a dead kernel stops doing so);
+- ``notices``: idle warnings and releases the watchdog posts for the notebook
+  (and the server extension) to show;
+- ``reservations``: money a kernel is about to commit, taken inside one
+  ``BEGIN IMMEDIATE`` transaction with the cap check, so two kernels cannot
+  both pass an account cap that fits only one of them.
+
+Old databases are migrated in place (new tables, new nullable columns).
+
 >>> store = LeaseStore(":memory:")
 >>> store.record_cluster("c1", chain_id=31337, market="0xM", tenant="0xT", ca_path="/x", scheduler="tls://h:1")
 >>> store.record_lease(7, chain_id=31337, market="0xM", cluster="c1", order_id=3, provider_id=2,
@@ -15,11 +28,17 @@ tenant's chain key (see :func:`ca_password`).
 ...                    started_at=100, provider_fingerprint="ab", tenant_ca_fingerprint="cd")
 >>> [row["lease_id"] for row in store.live_leases(31337, "0xM", cluster="c1")]
 [7]
+>>> store.reserve(chain_id=31337, market="0xM", tenant="0xT", amount=5, cap=2_000_004, since=0)
+(None, 2000000)
+>>> store.reserve(chain_id=31337, market="0xM", tenant="0xT", amount=4, cap=2_000_004, since=0)[0] is not None
+True
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
 import threading
 import time
@@ -39,7 +58,23 @@ CREATE TABLE IF NOT EXISTS leases (
     state TEXT DEFAULT 'live', receipt TEXT, updated REAL,
     PRIMARY KEY (chain_id, market, lease_id)
 );
+CREATE TABLE IF NOT EXISTS holders (
+    cluster TEXT PRIMARY KEY, pid INTEGER, host TEXT, last_seen REAL, since REAL
+);
+CREATE TABLE IF NOT EXISTS notices (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, cluster TEXT, lease_id INTEGER, kind TEXT, message TEXT,
+    release_at REAL, checkpoint TEXT, created REAL, shown REAL, state TEXT DEFAULT 'open'
+);
+CREATE TABLE IF NOT EXISTS reservations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, chain_id INTEGER, market TEXT, tenant TEXT, amount INTEGER,
+    pid INTEGER, host TEXT, created REAL
+);
 """
+
+#: Columns added after the first release: (table, column, type). Old rows get NULL.
+MIGRATIONS = [("leases", "cost", "INTEGER"), ("leases", "settled_at", "REAL")]
+HOST = socket.gethostname()
+
 
 
 def default_path() -> Path:
@@ -62,9 +97,24 @@ class LeaseStore:
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
-        self._memory = sqlite3.connect(":memory:", check_same_thread=False) if self.path == ":memory:" else None
+        self._memory = (sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                        if self.path == ":memory:" else None)
         with self._db() as db:
             db.executescript(SCHEMA)
+            self._migrate(db)
+
+    @staticmethod
+    def _migrate(db: sqlite3.Connection) -> None:
+        for table, column, kind in MIGRATIONS:
+            have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in have:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+        # Settled leases of an old database: their cost is in the receipt JSON.
+        for row in db.execute("SELECT chain_id, market, lease_id, receipt, updated FROM leases "
+                              "WHERE state='settled' AND cost IS NULL AND receipt IS NOT NULL").fetchall():
+            receipt = json.loads(row[3])
+            db.execute("UPDATE leases SET cost=?, settled_at=? WHERE chain_id=? AND market=? AND lease_id=?",
+                       (receipt.get("paid_to_provider", 0) + receipt.get("fee", 0), row[4], *row[:3]))
 
     def _db(self) -> sqlite3.Connection:
         if self._memory is not None:
@@ -102,10 +152,13 @@ class LeaseStore:
             )
 
     def settle_lease(self, chain_id: int, market: str, lease_id: int, receipt: dict | None = None) -> None:
+        cost = receipt.get("paid_to_provider", 0) + receipt.get("fee", 0) if receipt else None
+        now = time.time()
         with self._db() as db:
             db.execute(
-                "UPDATE leases SET state='settled', receipt=?, updated=? WHERE chain_id=? AND market=? AND lease_id=?",
-                (json.dumps(receipt) if receipt else None, time.time(), chain_id, market, lease_id),
+                "UPDATE leases SET state='settled', receipt=?, cost=?, settled_at=?, updated=? "
+                "WHERE chain_id=? AND market=? AND lease_id=?",
+                (json.dumps(receipt) if receipt else None, cost, now, now, chain_id, market, lease_id),
             )
 
     def close_cluster(self, name: str) -> None:
@@ -136,3 +189,122 @@ class LeaseStore:
             (chain_id, market),
         )
         return [dict(r) for r in rows]
+
+    # -- holders: which kernel holds a cluster, and is it still there ----------------------
+
+    def touch_holder(self, cluster: str, pid: int | None = None) -> None:
+        """Record that this process (``pid``) holds ``cluster`` and is alive now."""
+        now = time.time()
+        with self._db() as db:
+            db.execute(
+                "INSERT INTO holders (cluster, pid, host, last_seen, since) VALUES (?, ?, ?, ?, ?) "
+                "ON CONFLICT(cluster) DO UPDATE SET pid=excluded.pid, host=excluded.host, last_seen=excluded.last_seen, "
+                "since=CASE WHEN holders.pid=excluded.pid THEN holders.since ELSE excluded.since END",
+                (cluster, pid or os.getpid(), HOST, now, now),
+            )
+
+    def holder(self, cluster: str) -> dict | None:
+        row = self._db().execute("SELECT * FROM holders WHERE cluster=?", (cluster,)).fetchone()
+        return dict(row) if row else None
+
+    def drop_holder(self, cluster: str, pid: int | None = None) -> None:
+        """Forget the holder of ``cluster`` (only if it is still ``pid``: a newer kernel may hold it)."""
+        with self._db() as db:
+            db.execute("DELETE FROM holders WHERE cluster=? AND pid=?", (cluster, pid or os.getpid()))
+
+    # -- notices: what the watchdog tells the notebook ------------------------------------
+
+    def post_notice(self, cluster: str, lease_id: int, kind: str, message: str, *,
+                    release_at: float | None = None, checkpoint: str | None = None) -> int:
+        """Post a notice (``kind``: ``idle-warning`` or ``released``); returns its id."""
+        with self._db() as db:
+            cur = db.execute(
+                "INSERT INTO notices (cluster, lease_id, kind, message, release_at, checkpoint, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (cluster, lease_id, kind, message, release_at, checkpoint, time.time()),
+            )
+            return cur.lastrowid
+
+    def notices(self, clusters=None, *, unshown: bool = False, state: str | None = None) -> list[dict]:
+        """Notices, oldest first; only those of ``clusters``, not yet shown, or in ``state`` if asked."""
+        query, args = "SELECT * FROM notices WHERE 1=1", []
+        if clusters is not None:
+            names = list(clusters)
+            query += f" AND cluster IN ({','.join('?' * len(names))})"
+            args += names
+        if unshown:
+            query += " AND shown IS NULL"
+        if state is not None:
+            query += " AND state=?"
+            args.append(state)
+        return [dict(r) for r in self._db().execute(query + " ORDER BY id", args)]
+
+    def update_notice(self, notice_id: int, *, state: str | None = None, checkpoint: str | None = None,
+                      shown: bool = False) -> None:
+        with self._db() as db:
+            if state is not None:
+                db.execute("UPDATE notices SET state=? WHERE id=?", (state, notice_id))
+            if checkpoint is not None:
+                db.execute("UPDATE notices SET checkpoint=? WHERE id=?", (checkpoint, notice_id))
+            if shown:
+                db.execute("UPDATE notices SET shown=? WHERE id=?", (time.time(), notice_id))
+
+    # -- the account cap: committed money across kernels ----------------------------------
+
+    def account_committed(self, chain_id: int, market: str, tenant: str, since: float) -> int:
+        """Deposits of live leases + cost of leases settled since ``since`` + live reservations."""
+        return self._committed(self._db(), chain_id, market, tenant, since)
+
+    def _committed(self, db, chain_id: int, market: str, tenant: str, since: float) -> int:
+        mine = "FROM leases l JOIN clusters c ON c.name = l.cluster WHERE l.chain_id=? AND l.market=? AND c.tenant=?"
+        live = db.execute(f"SELECT COALESCE(SUM(l.deposit), 0) {mine} AND l.state='live'",
+                          (chain_id, market, tenant)).fetchone()[0]
+        settled = db.execute(f"SELECT COALESCE(SUM(l.cost), 0) {mine} AND l.state='settled' AND l.settled_at >= ?",
+                             (chain_id, market, tenant, since)).fetchone()[0]
+        reserved = 0
+        for row in db.execute("SELECT amount, pid, host FROM reservations WHERE chain_id=? AND market=? AND tenant=?",
+                              (chain_id, market, tenant)):
+            if row[2] != HOST or _pid_alive(row[1]):  # a dead kernel's reservation frees itself
+                reserved += row[0]
+        return live + settled + reserved
+
+    def reserve(self, *, chain_id: int, market: str, tenant: str, amount: int, cap: int,
+                since: float) -> tuple[int | None, int]:
+        """Reserve ``amount`` under the account ``cap`` atomically across processes.
+
+        Returns ``(reservation id, committed before)``, or ``(None, committed)`` when
+        the amount does not fit; nothing is written then.
+        """
+        db = self._db()
+        db.execute("BEGIN IMMEDIATE")  # one writer at a time: the check and the insert are one step
+        try:
+            committed = self._committed(db, chain_id, market, tenant, since)
+            if committed + amount > cap:
+                db.execute("ROLLBACK")
+                return None, committed
+            cur = db.execute(
+                "INSERT INTO reservations (chain_id, market, tenant, amount, pid, host, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)", (chain_id, market, tenant, amount, os.getpid(), HOST, time.time()),
+            )
+            db.execute("COMMIT")
+            return cur.lastrowid, committed
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
+
+    def unreserve(self, reservation_id: int | None) -> None:
+        if reservation_id is not None:
+            with self._db() as db:
+                db.execute("DELETE FROM reservations WHERE id=?", (reservation_id,))
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -10,10 +10,24 @@ Works without IPython; the magics and widgets are thin layers over it.
 
 Settings come from dask config (``gpumarket.*``; defaults in ``gpumarket.yaml``
 shipped with the package) and environment variables (``DASK_GPUMARKET__BUDGET``).
+
+Spending caps. The session cap (``budget``) and the account cap
+(``gpumarket.account-cap``: every kernel of this account on this machine, over
+the last ``cap-period-days``) are checked before any transaction, and the check
+is one step with reserving the request's commitment: under the session lock for
+cells running in threads of one kernel, and inside one SQLite ``BEGIN IMMEDIATE``
+transaction of the lease store for several kernels. So concurrent cells cannot
+both pass a cap that fits only one of them. On chain, each order's deposit is
+the most that lease can ever pay. ``meter()`` reports spent, committed, remaining.
+
+The first lease of a session starts the account's watchdog
+(:mod:`jupyter_gpumarket.watchdog`) if none runs, so a kernel that dies never
+keeps paying (``gpumarket.watchdog: false`` turns that off).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -24,6 +38,7 @@ import dask.config
 import yaml
 
 from .errors import GpuMarketError, InsufficientFunds, InvalidRequest, NotFound
+from .cluster.environment import PackageSet
 from .market.tenant import receipt_from_chain
 from .spec import SECONDS_PER_HOUR, DealStatus, GpuSpec, Money, Receipt
 
@@ -51,6 +66,7 @@ class RentRequest:
     select: str = "cost"
     partial: str = "accept"
     attest: bool = False  # check the hardware within the grace period; failures are refunded
+    packages: tuple[str, ...] = ()  # what the workers need beyond the provider's base (environment sync)
 
     def __post_init__(self) -> None:
         GpuSpec(self.gpus, self.gpu, self.min_vram, self.region)  # validates count, pattern, memory
@@ -64,6 +80,7 @@ class RentRequest:
             raise InvalidRequest(f"window must be at least 1 second, got {self.window}")
         if self.select not in ("cost", "price"):
             raise InvalidRequest(f"select must be 'cost' or 'price', got {self.select!r}")
+        PackageSet.parse(self.packages)  # refuses what is not a plain requirement
 
     @property
     def spec(self) -> GpuSpec:
@@ -83,6 +100,7 @@ class RentRequest:
             and leaser.spec.model == self.gpu
             and leaser.spec.min_memory_gib >= self.min_vram
             and leaser.spec.region == self.region
+            and leaser.packages == PackageSet.parse(self.packages)
         )
 
 
@@ -96,6 +114,9 @@ class Session:
     store: object = None  # history.LeaseStore shared with other kernels, or None
     clusters: list = field(default_factory=list)
     receipts: list[Receipt] = field(default_factory=list)
+    account_cap: int | None = None  # every kernel of this account on this machine, per cap period
+    connection: dict = field(default_factory=dict)  # how to connect again (the watchdog does); never a key
+    _reserved: int = 0  # commitments of rents between their cap check and their leases
     _lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
 
     # -- connecting -------------------------------------------------------------------
@@ -129,11 +150,17 @@ class Session:
             client = MarketClient.connect(rpc_url, market, signer, expected_chain_id=config("chain-id"))
         from .history import LeaseStore
 
+        connection = ({"devnet": True, "state_dir": str(net.state_dir), "account": account or config("devnet-account")}
+                      if use_devnet or not rpc_url else
+                      {"devnet": False, "rpc_url": rpc_url, "market": market, "keystore": keystore})
         session = cls(client, class_id=int(class_id if class_id is not None else config("class-id") or 0),
-                      store=LeaseStore() if config("history") else None)
+                      store=LeaseStore() if config("history") else None, connection=connection)
         budget = config("budget")
         if budget is not None:
             session.set_budget(budget)
+        cap = config("account-cap")
+        if cap is not None:
+            session.account_cap = session.parse(cap, "gpumarket.account-cap")
         return session
 
     @property
@@ -158,10 +185,10 @@ class Session:
             raise InvalidRequest("the session budget must be above 0")
 
     def committed(self) -> int:
-        """Base units tied up by live clusters plus what closed leases cost."""
+        """Base units tied up by live clusters, rents under way, and what closed leases cost."""
         with self._lock:
             live = sum(c.leaser.committed for c in self.clusters)
-            return live + sum(r.cost for r in self.receipts)
+            return live + self._reserved + sum(r.cost for r in self.receipts)
 
     def spent(self) -> int:
         with self._lock:
@@ -169,6 +196,32 @@ class Session:
 
     def remaining(self) -> int | None:
         return None if self.budget is None else self.budget - self.committed()
+
+    def account_committed(self) -> int | None:
+        """What every kernel of this account has committed in the cap period (None without a store)."""
+        if self.store is None:
+            return None
+        return self.store.account_committed(self.client.chain_id, self.client.market.address, self.client.address,
+                                            self._cap_since())
+
+    @staticmethod
+    def _cap_since() -> float:
+        return time.time() - float(config("cap-period-days")) * 86_400
+
+    def meter(self) -> dict:
+        """The live spending meter: spent, committed and remaining, for the session and the account.
+
+        >>> session.meter()                                              # doctest: +SKIP
+        {'spent': 1250, 'committed': 2900000, 'cap': 5000000, 'remaining': 2100000, 'account': {...}}
+        """
+        committed = self.committed()
+        out = {"spent": self.spent(), "committed": committed, "cap": self.budget,
+               "remaining": None if self.budget is None else max(0, self.budget - committed)}
+        account = self.account_committed()
+        out["account"] = {"committed": account, "cap": self.account_cap,
+                          "remaining": None if self.account_cap is None or account is None
+                          else max(0, self.account_cap - account)}
+        return out
 
     def check_budget(self, request: RentRequest) -> None:
         """Refuse, before any transaction, a request the session budget (or class cap) cannot cover."""
@@ -186,6 +239,45 @@ class Session:
                 f"{self.money(max(remaining, 0)).short()} of its {self.money(self.budget).short()} budget left; "
                 "lower --budget/--hours/--gpus or raise the session budget (%gpumarket budget)"
             )
+        account = self.account_committed()
+        if self.account_cap is not None and account is not None and request.commitment > self.account_cap - account:
+            raise self._over_account_cap(request, account)
+
+    def _over_account_cap(self, request: RentRequest, committed: int) -> InsufficientFunds:
+        left = max(0, self.account_cap - committed)
+        return InsufficientFunds(
+            f"this request may commit {self.money(request.commitment).short()} but the account has "
+            f"{self.money(left).short()} of its {self.money(self.account_cap).short()} cap left (all kernels, last "
+            f"{config('cap-period-days')} days); lower --budget/--hours/--gpus, release a lease, or raise "
+            "gpumarket.account-cap"
+        )
+
+    @contextlib.contextmanager
+    def _reservation(self, request: RentRequest):
+        """Check the caps and reserve the request's commitment in one step; free it when the rent ends.
+
+        Threads of this kernel serialise on the session lock; other kernels on the store's
+        ``BEGIN IMMEDIATE`` transaction. The reservation ends once the cluster (whose leases
+        then count themselves) is in ``self.clusters``, or when the rent fails.
+        """
+        amount = request.commitment
+        with self._lock:
+            self.check_budget(request)
+            reservation = None
+            if self.account_cap is not None and self.store is not None:
+                reservation, committed = self.store.reserve(
+                    chain_id=self.client.chain_id, market=self.client.market.address, tenant=self.client.address,
+                    amount=amount, cap=self.account_cap, since=self._cap_since())
+                if reservation is None:
+                    raise self._over_account_cap(request, committed)
+            self._reserved += amount
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._reserved -= amount
+                if self.store is not None:
+                    self.store.unreserve(reservation)
 
     # -- clusters -----------------------------------------------------------------------
 
@@ -212,27 +304,36 @@ class Session:
             if name in mine or record is None or record["tenant"] != self.client.address:
                 continue
             try:
-                cluster = LeasedCluster.from_lease(rows[0]["lease_id"], market=self.client, store=self.store)
+                cluster = LeasedCluster.from_lease(rows[0]["lease_id"], market=self.client, store=self.store,
+                                                   holder_interval=float(config("holder-interval")))
             except GpuMarketError:
                 continue  # its leases ended meanwhile; the store now says so
             if request.fits(cluster):
                 with self._lock:
                     self.clusters.append(cluster)
+                self.start_watchdog()
                 return cluster
             cluster.close()
         return None
 
     def rent(self, request: RentRequest, on_bid=None, reuse: bool = True):
         """A running cluster for the request: a live one that fits, else a new auction."""
-        from .cluster.leased import LeasedCluster
-
         if reuse:
             found = self.find(request)
             if found is not None:
                 return found
-        self.check_budget(request)
+        with self._reservation(request):
+            cluster = self._new_cluster(request, on_bid)
+            with self._lock:
+                self.clusters.append(cluster)
+        self.start_watchdog()
+        return cluster
+
+    def _new_cluster(self, request: RentRequest, on_bid):
+        from .cluster.leased import LeasedCluster
+
         budget = request.commitment if request.budget is None else request.budget
-        cluster = LeasedCluster(
+        return LeasedCluster(
             gpus=request.gpus,
             gpu=request.gpu,
             max_price=request.max_price,
@@ -249,10 +350,17 @@ class Session:
             class_id=self.class_id,
             store=self.store,
             attest=request.attest,
+            packages=PackageSet.parse(request.packages),
+            holder_interval=float(config("holder-interval")),
         )
-        with self._lock:
-            self.clusters.append(cluster)
-        return cluster
+
+    def start_watchdog(self) -> None:
+        """Start this account's watchdog unless one runs (``gpumarket.watchdog: false``: never)."""
+        if self.store is None or not config("watchdog") or not self.connection:
+            return
+        from .watchdog import ensure_running
+
+        ensure_running(self)
 
     def release(self, target=None) -> list[Receipt]:
         """Release one cluster, one lease id, or everything (``None``)."""
@@ -332,6 +440,15 @@ class Session:
                     "spent": lease.accrued_at(now), "cluster": rec["cluster"], "attached": False,
                 })
         return rows
+
+    def estimate(self, request: RentRequest, recent: int = 20):
+        """Likely providers, recent winning prices, expected wait and cost of ``request``; sends nothing.
+
+        See :mod:`jupyter_gpumarket.market.estimates`.
+        """
+        from .market.estimates import estimate
+
+        return estimate(self.client, request.spec, request.hours, recent)
 
     def offers(self, recent_orders: int = 20) -> list[dict]:
         """Registered providers with their hardware, reputation and recent bid prices."""

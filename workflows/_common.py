@@ -111,6 +111,15 @@ def check_model_memory(model, max_memory_bytes: int | None, *, batch_size: int, 
     return need
 
 
+def leave_checkpoint(client, name: str, round: int, data: bytes) -> None:
+    """Leave ``data`` as the cluster's latest checkpoint on its scheduler, where the tenant's
+    watchdog pulls it from before it releases an idle cluster or one whose notebook died
+    (see :mod:`jupyter_gpumarket.watchdog`). Kept by the scheduler, so it outlives the kernel."""
+    from jupyter_gpumarket.watchdog import publish_checkpoint  # noqa: PLC0415
+
+    publish_checkpoint(client, name, round, data)
+
+
 def show_progress(*futures_or_collections) -> None:
     """Show Dask's progress bar: a live widget in Jupyter (returns at once), a text
     bar in a terminal (returns when done). The caller then waits for its results."""

@@ -6,7 +6,10 @@ DiLoCo-style outer optimiser (Nesterov momentum on the averaged delta). Each
 round is one Dask task per worker, pinned with ``workers=`` but allowed to move:
 if a worker dies mid-round, Dask resubmits its task, whose input is the last
 checkpoint, on a remaining worker. The checkpoint (state-dict bytes) is back on
-the tenant after every round, so a lost worker costs at most one round.
+the tenant after every round, so a lost worker costs at most one round. Each
+round's checkpoint is also left on the scheduler (``checkpoint_name``), where
+the tenant's watchdog pulls it to disk before it releases an idle lease or the
+lease of a notebook that died.
 
 The shipped task (:class:`SyntheticTask`) is a Gaussian-mixture classification
 problem generated from a seed, learned by a small MLP; nothing is downloaded.
@@ -32,7 +35,7 @@ from torch import nn
 
 from jupyter_gpumarket.errors import WrongState
 
-from ._common import WorkflowInputError, check_model_memory, check_positive, show_progress
+from ._common import WorkflowInputError, check_model_memory, check_positive, leave_checkpoint, show_progress
 
 OUTER_OPTIMISERS = ("average", "nesterov")
 
@@ -282,7 +285,7 @@ def finetune(client, task: SyntheticTask | None = None, *, steps: int = 512, syn
              batch_size: int = 64, lr: float = 0.1, outer: str = "average",
              outer_lr: float = 0.7, outer_momentum: float = 0.9, workers: list[str] | None = None,
              max_memory_bytes: int | None = None, resume_from: bytes | None = None,
-             progress: bool = False, on_round=None) -> FinetuneResult:
+             progress: bool = False, on_round=None, checkpoint_name: str | None = "finetune") -> FinetuneResult:
     """Train ``task`` on every worker of ``client``, averaging every ``sync_every`` steps.
 
     ``steps``: local SGD steps per replica in total. ``outer``: ``"average"``
@@ -290,6 +293,8 @@ def finetune(client, task: SyntheticTask | None = None, *, steps: int = 512, syn
     ``outer_momentum``). ``workers``: addresses to use (default: all, re-read
     each round). ``resume_from``: a ``result.checkpoint`` to continue from.
     ``on_round(row)`` is called on the tenant after each round, e.g. to live-plot.
+    ``checkpoint_name``: each round's checkpoint is left on the scheduler under this name
+    for the watchdog to pull before a release (``None``: don't).
     """
     task = task or SyntheticTask()
     _validate(client, task, steps=steps, sync_every=sync_every, batch_size=batch_size, lr=lr,
@@ -318,6 +323,8 @@ def finetune(client, task: SyntheticTask | None = None, *, steps: int = 512, syn
         global_state, momentum = outer_step(global_state, averaged, momentum, kind=outer,
                                             lr=outer_lr, mu=outer_momentum)
         checkpoint = state_to_bytes({"model": global_state, "momentum": momentum, "round": rnd})
+        if checkpoint_name:
+            leave_checkpoint(client, checkpoint_name, rnd, checkpoint)
         per_step = torch.tensor([o["losses"] for o in outs]).mean(0).tolist()
         step_losses += per_step
         samples += n_steps * batch_size * len(addrs)

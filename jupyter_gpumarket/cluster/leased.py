@@ -10,6 +10,9 @@ leases; ``adapt(minimum, maximum)`` does so on load, never beyond the budget;
 ``close()`` settles every lease and keeps the receipts in ``cluster.receipts``.
 A provider that stops sending heartbeats is closed out at its last one and
 its GPUs are leased again; Dask recomputes what its workers held.
+With a lease store, the cluster marks itself as held by this process every
+``holder_interval`` seconds, so the tenant's watchdog can tell a live kernel
+from a dead one (see :mod:`jupyter_gpumarket.watchdog`).
 
 The auction and the TLS handover live in :mod:`jupyter_gpumarket.market.tenant`
 (this module reaches up to it for its default leaser; see DESIGN notes).
@@ -20,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
+import os
 from decimal import Decimal
 
 from distributed.core import Status, rpc
@@ -90,6 +94,7 @@ class LeasedCluster(Cluster):
         store=None,
         attest: bool = False,
         packages=None,
+        holder_interval: float = 3.0,
         asynchronous: bool = False,
         loop=None,
         name: str | None = None,
@@ -122,6 +127,7 @@ class LeasedCluster(Cluster):
         self.market = leaser.client
         self._initial_gpus = gpus
         self._heartbeat_interval = heartbeat_interval
+        self._holder_interval = holder_interval
         self._worker_timeout = worker_timeout
         self._checking = False
         self.failures: list[str] = []
@@ -159,6 +165,11 @@ class LeasedCluster(Cluster):
         callback = PeriodicCallback(self._check_heartbeats, self._heartbeat_interval * 1000)
         self.periodic_callbacks["heartbeats"] = callback
         callback.start()
+        if self.leaser.store is not None:  # "this kernel still holds the cluster", for the watchdog
+            await self._mark_holder()
+            holder = PeriodicCallback(self._mark_holder, self._holder_interval * 1000)
+            self.periodic_callbacks["holder"] = holder
+            holder.start()
         self.status = Status.running
 
     @classmethod
@@ -216,16 +227,24 @@ class LeasedCluster(Cluster):
     async def _close(self) -> None:
         if self.status == Status.closed:
             return
-        callback = self.periodic_callbacks.pop("heartbeats", None)
-        if callback:
-            callback.stop()
+        for name in ("heartbeats", "holder"):
+            callback = self.periodic_callbacks.pop(name, None)
+            if callback:
+                callback.stop()
         await super()._close()
         await asyncio.to_thread(self.leaser.release_all)
         self.leaser.close()
         if self.leaser.store is not None:
             self.leaser.store.close_cluster(self.name)
+            self.leaser.store.drop_holder(self.name, os.getpid())
 
     # -- liveness ---------------------------------------------------------------------
+
+    async def _mark_holder(self) -> None:
+        try:
+            await asyncio.to_thread(self.leaser.store.touch_holder, self.name, os.getpid())
+        except Exception as exc:  # a busy or unwritable store must not stop the cluster
+            logger.warning("could not mark cluster %s as held: %s", self.name, exc)
 
     async def _check_heartbeats(self) -> None:
         if self._checking or self.status != Status.running:

@@ -10,6 +10,13 @@
 Refusals (bad flags, a budget the session cannot cover, no chain) print one
 ``UsageError`` line and move no money; errors in the cell body are the user's
 and show as usual.
+
+``%%gpurent --packages "scikit-learn==1.7.2 ..."`` (or ``--packages auto``: the
+distributions behind what the notebook namespace imports, or ``--requirements
+FILE``) has the workers built with those packages; a provider that cannot
+answers with its reason. ``%%gpurent --dry-run`` prints what the cell would order
+and spend and sends nothing; ``%gpumarket offers --gpus 2 --gpu H100`` adds the
+availability, price, wait and cost estimate for such a request.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from IPython.display import display
 from ..errors import GpuMarketError
 from ..session import RentRequest, Session, config
 from .receipts import CellReceipt, LeaseLine
-from .widgets import BidBoard, LeaseCard
+from .widgets import BidBoard, BudgetMeter, LeaseCard, NoticeWatcher
 
 
 @magics_class
@@ -35,6 +42,8 @@ class GpuMarketMagics(Magics):
         self.session: Session | None = None
         self._clients: dict[str, object] = {}  # cluster name -> distributed.Client
         self._cards: dict[str, LeaseCard] = {}
+        self._notices: NoticeWatcher | None = None  # the watchdog's warnings, shown as they come
+        self._meter: BudgetMeter | None = None
 
     # -- %%gpurent ----------------------------------------------------------------------
 
@@ -50,6 +59,10 @@ class GpuMarketMagics(Magics):
     @argument("--select", choices=["cost", "price"], default=None, help="selection rule")
     @argument("--attest", action="store_true", default=None,
               help="check each provider's hardware at lease start; failures are refunded and re-leased")
+    @argument("--packages", default=None,
+              help="requirements the workers need, space-separated ('auto': what this notebook imports)")
+    @argument("--requirements", default=None, help="a lock file of requirements the workers need")
+    @argument("--dry-run", action="store_true", help="print what would be ordered and spent; send nothing")
     @argument("--keep", dest="release", action="store_false", default=False,
               help="keep the lease for later cells (default)")
     @argument("--release", dest="release", action="store_true", help="release the lease after this cell")
@@ -58,7 +71,11 @@ class GpuMarketMagics(Magics):
         """Lease GPUs (or reuse a live lease that fits) and run the cell on them."""
         request, release = self._request(line)
         session = self._session()
+        if self._parse(self.gpurent, line).dry_run:
+            return self._call(lambda: print(self._dry_run(session, request)))
         cluster = self._call(lambda: self._cluster_for(session, request))
+        self._notices = self._notices if self._notices and self._notices.session is session else NoticeWatcher(session)
+        self._notices.start()
         client = self._client_for(cluster)
         started, started_wall = time.monotonic(), int(time.time())
         with client.as_current():
@@ -94,6 +111,10 @@ class GpuMarketMagics(Magics):
     @argument("--account", default=None, help="connect --devnet: which devnet account")
     @argument("--providers", type=int, default=3, help="devnet up: provider agents to start")
     @argument("--class-id", type=int, default=None, help="connect: pay from this class pool (classroom mode)")
+    @argument("--gpus", type=int, default=None, help="offers: estimate for this many GPUs")
+    @argument("--gpu", default=None, help="offers: estimate for GPUs matching this pattern, e.g. 'H100'")
+    @argument("--min-vram", type=int, default=None, help="offers: estimate for at least this much GPU memory (GiB)")
+    @argument("--hours", type=float, default=None, help="offers: estimate for this many hours (default 1)")
     @line_magic
     def gpumarket(self, line: str):
         """Market commands: connect, offers, leases, release, budget, history, devnet up|down."""
@@ -119,6 +140,13 @@ class GpuMarketMagics(Magics):
             price = session.money(row["last_price"]).short() if row["last_price"] is not None else "-"
             print(f"{row['provider']:>8}  {row['gpu'][:25]:<26}{row['gpus']:>5}{row['memory_gib']:>5}"
                   f"{row['tflops']:>8.0f}  {price:>12}  {row['reliability']:.2f}")
+        if any(v is not None for v in (args.gpus, args.gpu, args.min_vram, args.hours)):
+            request = RentRequest(gpus=args.gpus or 1, gpu=args.gpu or "", min_vram=args.min_vram or 0,
+                                  hours=args.hours or 1.0)
+            est = session.estimate(request)
+            print(f"\nestimate for {request.gpus} GPU(s) matching {request.gpu or 'any model'!r} "
+                  f"for {request.hours:g} h:")
+            print("\n".join(_estimate_lines(est, lambda amount: session.money(amount).short())))
 
     def _cmd_leases(self, args) -> None:
         session = self._session()
@@ -153,9 +181,10 @@ class GpuMarketMagics(Magics):
         session = self._session()
         if args.value is not None:
             session.set_budget(args.value)
-        cap = session.money(session.budget).short() if session.budget is not None else "no cap"
-        print(f"budget {cap}; committed {session.money(session.committed()).short()}; "
-              f"spent {session.money(session.spent()).short()}")
+        if self._meter is not None:
+            self._meter.stop()  # one ticking meter is enough
+        self._meter = BudgetMeter(session)
+        self._meter.display()  # spent, committed, remaining: live in Jupyter, one line elsewhere
 
     def _cmd_history(self, args) -> None:
         session = self._session()
@@ -216,10 +245,50 @@ class GpuMarketMagics(Magics):
                 select=pick(args.select, "select"),
                 partial=config("partial"),
                 attest=bool(pick(args.attest, "attest")),
+                packages=self._packages(args),
             )
         except GpuMarketError as exc:
             raise UsageError(str(exc)) from None
         return request, args.release
+
+    def _packages(self, args) -> tuple[str, ...]:
+        from ..cluster.environment import PackageSet
+
+        found = PackageSet()
+        if args.requirements:
+            found = found | PackageSet.from_requirements_file(args.requirements)
+        if args.packages == "auto":
+            found = found | PackageSet.from_namespace(self.shell.user_ns)
+        elif args.packages:
+            found = found | PackageSet.parse(args.packages)
+        return found.requirements
+
+    def _dry_run(self, session: Session, request: RentRequest) -> str:
+        """What ``%%gpurent`` would do for ``request``, from the chain's recent events; no transaction."""
+        money = lambda amount: session.money(amount).short()  # noqa: E731
+        est = session.estimate(request)
+        try:
+            session.check_budget(request)
+            cap = "passes" + (f" (session budget {money(session.budget)}, {money(session.committed())} committed)"
+                              if session.budget is not None else " (no session budget set)")
+        except GpuMarketError as exc:
+            cap = f"would be refused: {exc}"
+        balance = session.client.balance()
+        lines = [
+            "dry run: nothing was sent to the chain",
+            f"request: {request.gpus} GPU(s) matching {request.gpu or 'any model'!r}, {request.hours:g} h, "
+            f"max {money(request.max_price)}/GPU-h, {request.window} s bidding window",
+            f"deposit: {money(request.commitment)} into escrow (the most this cell can spend); wallet holds "
+            f"{money(balance)}" + ("" if balance >= request.commitment else " -- NOT ENOUGH"),
+            f"cap check: {cap}",
+        ]
+        for offer in est.likely_providers()[:5]:
+            price = money(offer.typical_price) + "/GPU-h" if offer.typical_price is not None else "no price yet"
+            lines.append(f"likely provider {offer.provider_id}: {offer.gpus}x {offer.gpu_model}, {price}")
+        lines += _estimate_lines(est, money)
+        if request.packages:
+            lines.append(f"packages for the workers: {' '.join(request.packages)}")
+        return "\n".join(lines)
 
     def _session(self) -> Session:
         if self.session is None:
@@ -278,6 +347,19 @@ class GpuMarketMagics(Magics):
                                    lease.price_per_gpu_hour, seconds * lease.gpus, cost, status, hashes))
         return CellReceipt(session.client.chain_id, session.client.market.address, session.client.token_symbol(),
                            session.decimals, wall, lines, refunded)
+
+
+def _estimate_lines(est, money) -> list[str]:
+    """The estimate's price, wait and cost as lines, saying so where the chain has no data yet."""
+    price = (f"{money(est.expected_price)}/GPU-h (median of {len(est.recent_prices) or 'recent'} {est.price_source})"
+             if est.expected_price is not None else "no data yet")
+    wait = (f"{est.expected_wait_s} s until {est.spec.count} GPU(s) were offered (median of {len(est.wait_samples)} "
+            f"of {est.orders_seen} recent orders), then the bidding window" if est.expected_wait_s is not None
+            else "no data yet")
+    cost = f"{money(est.estimated_cost)} for {est.hours:g} h" if est.estimated_cost is not None else "no data yet"
+    return [f"matching providers: {len(est.providers)} with {est.capacity} GPUs",
+            f"expected price: {price}", f"expected wait: {wait}", f"estimated cost: {cost}",
+            *(f"note: {n}" for n in est.notes)]
 
 
 def current_session() -> Session:

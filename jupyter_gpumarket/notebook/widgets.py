@@ -3,11 +3,16 @@
 - :class:`BidBoard` fills as bids arrive during the bidding window.
 - :class:`LeaseCard` shows each lease's elapsed time and spend ticking, the
   cluster's task progress, and a release button.
+- :class:`BudgetMeter` is the live spending meter: spent, committed and
+  remaining under the session cap (and the account cap, across kernels).
+- :class:`NoticeWatcher` shows the watchdog's notices (idle warnings,
+  releases) in the notebook as they are posted.
 """
 
 from __future__ import annotations
 
 import html
+import logging
 import threading
 import time
 from typing import Callable
@@ -168,3 +173,132 @@ class LeaseCard:
             "<table><tr><th>lease</th><th>provider</th><th>GPUs</th><th>price/GPU-h</th><th>elapsed</th>"
             f"<th>spent</th></tr>{rows}</table>"
         )
+
+
+class BudgetMeter:
+    """Spent, committed and remaining of the session cap (and the account cap), ticking.
+
+    >>> BudgetMeter(session, use_widgets=False).text()                # doctest: +SKIP
+    'budget 5.00 TUSD; spent 0.01 TUSD; committed 2.90 TUSD; remaining 2.10 TUSD'
+    """
+
+    def __init__(self, session, interval: float = 1.0, use_widgets: bool | None = None) -> None:
+        self.session = session
+        self.interval = interval
+        self.use_widgets = widgets_available() if use_widgets is None else use_widgets
+        self._stop = threading.Event()
+        self.widget = self.bar = self.html = None
+        if self.use_widgets:
+            import ipywidgets
+
+            self.html = ipywidgets.HTML(self.render())
+            self.bar = ipywidgets.IntProgress(min=0, max=max(1, session.budget or 1), description="committed")
+            self.widget = ipywidgets.VBox([self.bar, self.html])
+            self._update()
+
+    def display(self) -> None:
+        if self.widget is None:
+            print(self.text())
+            return
+        from IPython.display import display
+
+        display(self.widget)
+        threading.Thread(target=self._tick, name="gpumarket-budget-meter", daemon=True).start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._update()
+            except Exception:  # the chain or store went away: stop ticking quietly
+                return
+
+    def _update(self) -> None:
+        meter = self.session.meter()
+        self.html.value = self.render(meter)
+        if meter["cap"] is not None:
+            self.bar.max = max(1, meter["cap"])
+            self.bar.value = min(meter["committed"], meter["cap"])
+            self.bar.bar_style = "danger" if meter["remaining"] == 0 else ""
+        else:
+            self.bar.layout.display = "none"
+
+    def _figures(self, meter: dict) -> dict[str, str]:
+        money = lambda amount: self.session.money(amount).short() if amount is not None else "no cap"  # noqa: E731
+        account = meter["account"]
+        return {"cap": money(meter["cap"]), "spent": money(meter["spent"]), "committed": money(meter["committed"]),
+                "remaining": money(meter["remaining"]), "account_cap": money(account["cap"]),
+                "account_committed": money(account["committed"] or 0), "account_remaining": money(account["remaining"])}
+
+    def text(self, meter: dict | None = None) -> str:
+        meter = meter or self.session.meter()
+        f = self._figures(meter)
+        line = f"budget {f['cap']}; spent {f['spent']}; committed {f['committed']}; remaining {f['remaining']}"
+        if meter["account"]["cap"] is not None:
+            line += (f"\naccount cap {f['account_cap']} (all kernels): committed {f['account_committed']}; "
+                     f"remaining {f['account_remaining']}")
+        return line
+
+    def render(self, meter: dict | None = None) -> str:
+        meter = meter or self.session.meter()
+        f = {k: html.escape(v) for k, v in self._figures(meter).items()}
+        account = (f"<tr><td>account (all kernels)</td><td></td><td>{f['account_committed']}</td>"
+                   f"<td>{f['account_remaining']}</td><td>{f['account_cap']}</td></tr>"
+                   if meter["account"]["cap"] is not None else "")
+        return ("<table><tr><th></th><th>spent</th><th>committed</th><th>remaining</th><th>cap</th></tr>"
+                f"<tr><td>session</td><td>{f['spent']}</td><td>{f['committed']}</td><td>{f['remaining']}</td>"
+                f"<td>{f['cap']}</td></tr>{account}</table>")
+
+
+class NoticeWatcher:
+    """Shows the watchdog's notices for this session's clusters as they arrive.
+
+    A daemon thread polls the lease store every ``interval`` seconds; each new notice
+    is shown once (``show``: printed into the output of the cell that started the
+    watcher, by default) and marked shown in the store.
+    """
+
+    def __init__(self, session, show: Callable[[dict], None] | None = None, interval: float = 1.0) -> None:
+        self.session = session
+        self.show = show or self.print_notice
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> "NoticeWatcher":
+        if self._thread is None or not self._thread.is_alive():
+            self._stop.clear()
+            self._thread = threading.Thread(target=self._poll, name="gpumarket-notices", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def check(self) -> list[dict]:
+        """Show the notices not shown yet; returns them."""
+        store = self.session.store
+        names = [c.name for c in list(self.session.clusters)]
+        if store is None or not names:
+            return []
+        fresh = store.notices(names, unshown=True)
+        for notice in fresh:
+            if notice["kind"] == "idle-warning" and notice["state"] != "open":
+                store.update_notice(notice["id"], shown=True)  # withdrawn before anyone saw it
+                continue
+            self.show(notice)
+            store.update_notice(notice["id"], shown=True)
+        return fresh
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.check()
+            except Exception as exc:  # a busy store: try again next time
+                logging.getLogger(__name__).debug("notice check failed: %s", exc)
+
+    @staticmethod
+    def print_notice(notice: dict) -> None:
+        print(f"⚠ gpumarket watchdog: {notice['message']}", flush=True)

@@ -1,0 +1,156 @@
+"""The watchdog on the session devnet: a killed kernel's lease is released and settled to the
+base unit; an idle lease is warned about in the notebook, its checkpoint pulled back first.
+
+Provider agents run for this module only, on an anvil snapshot reverted at the end. The
+watchdog is the real detached process a session starts with its first lease, with a short
+idle timeout; lease history, watchdog lock and checkpoints live in a home of this module.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import dask.config
+import pytest
+
+from jupyter_gpumarket.spec import DealStatus, accrued
+
+GPU = "H100|A100|4090"
+POLICY = {"gpumarket.idle-timeout": 10, "gpumarket.warn-before": 6, "gpumarket.watchdog-interval": 0.5,
+          "gpumarket.holder-interval": 1, "gpumarket.window": 4}
+
+
+@pytest.fixture(scope="module")
+def market(net, tmp_path_factory):
+    """Agents on the session devnet, a home of our own, the short watchdog policy; all undone after."""
+    from jupyter_gpumarket.watchdog import stop_watchdog
+
+    snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]
+    home = tmp_path_factory.mktemp("watchdog-home")
+    old_home = os.environ.get("GPUMARKET_HOME")
+    os.environ["GPUMARKET_HOME"] = str(home)
+    net.start_agents()
+    try:
+        net.wait_for_providers(3)
+        with dask.config.set({**POLICY, "gpumarket.devnet-dir": str(net.state_dir)}):
+            yield net, home
+    finally:
+        tenant = net.client("tenant")
+        stop_watchdog(tenant.chain_id, tenant.market.address, tenant.address)
+        net.stop_agents()
+        net.w3.provider.make_request("evm_revert", [snapshot])
+        if old_home is None:
+            os.environ.pop("GPUMARKET_HOME", None)
+        else:
+            os.environ["GPUMARKET_HOME"] = old_home
+
+
+def wait_for(condition, timeout: float, what: str):
+    """Poll ``condition`` until it returns something truthy (generous timeouts: a shared machine)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def notices(home, kind: str) -> list[dict]:
+    from jupyter_gpumarket.history import LeaseStore
+
+    return [n for n in LeaseStore(home / "history.sqlite").notices() if n["kind"] == kind]
+
+
+KERNEL = textwrap.dedent("""
+    import time
+    from distributed import Client
+    from jupyter_gpumarket.session import RentRequest, Session
+
+    session = Session.connect(devnet=True)
+    cluster = session.rent(RentRequest(gpus=1, gpu={gpu!r}, max_price=3_000_000, hours=1, budget=5_000_000, window=4))
+    client = Client(cluster)
+    busy = client.submit(time.sleep, 3600)  # a cell still running when the kernel dies
+    while not client.processing() or not any(client.processing().values()):
+        time.sleep(0.1)
+    print("LEASE", *cluster.leaser.leases, flush=True)
+    time.sleep(3600)
+""")
+
+
+def test_a_killed_kernel_is_released_by_the_watchdog_and_settled_to_the_base_unit(market):
+    net, home = market
+    tenant = net.client("tenant")
+    before = {role: tenant.balance(address) for role, address in net.info.addresses.items()}
+    env = {**os.environ, "DASK_GPUMARKET__DEVNET_DIR": str(net.state_dir),
+           **{f"DASK_{k.upper().replace('.', '__').replace('-', '_')}": str(v) for k, v in POLICY.items()}}
+    kernel = subprocess.Popen([sys.executable, "-c", KERNEL.format(gpu=GPU)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        line = kernel.stdout.readline()
+        assert line.startswith("LEASE"), f"the kernel did not lease (exit {kernel.poll()})"
+        (lease_id,) = map(int, line.split()[1:])
+        assert tenant.lease(lease_id).status == DealStatus.ACTIVE
+        os.kill(kernel.pid, signal.SIGKILL)  # the kernel dies holding the lease
+    finally:
+        kernel.kill()
+        kernel.wait()
+        kernel.stdout.close()
+
+    wait_for(lambda: tenant.lease(lease_id).status == DealStatus.CLOSED, 120, "the watchdog to close the lease")
+    lease = tenant.lease(lease_id)
+    (closed,) = tenant.get_logs("LeaseClosed", leaseId=lease_id)
+    withdrawn = sum(w["amount"] for w in tenant.get_logs("PaymentWithdrawn", leaseId=lease_id))
+    owed = accrued(lease.price_per_gpu_hour, lease.gpus, lease.ends_at - lease.started_at)
+    assert closed["paid"] + withdrawn == owed  # paid exactly until the close, by the contract's formula
+    assert closed["refunded"] == lease.deposit - owed
+    assert closed["transactionHash"]
+    provider = next(role for role, a in net.info.addresses.items() if a == tenant.provider(lease.provider_id).owner)
+    assert tenant.balance(net.info.addresses[provider]) - before[provider] == owed
+    assert before["tenant"] - tenant.balance() == owed  # the tenant got the rest back
+    (released,) = [n for n in notices(home, "released") if n["lease_id"] == lease_id]
+    assert "notebook gone" in released["message"]
+
+
+def test_an_idle_lease_is_warned_about_in_the_notebook_and_its_checkpoint_pulled_before_release(market):
+    pytest.importorskip("torch")
+    from IPython.core.interactiveshell import InteractiveShell
+    from IPython.utils.capture import capture_output
+
+    net, home = market
+    shell = InteractiveShell.instance()
+    shell.run_line_magic("load_ext", "jupyter_gpumarket")
+    shell.run_line_magic("gpumarket", "connect --devnet")
+    session = shell.magics_manager.registry["GpuMarketMagics"].session
+    try:
+        with capture_output():
+            shell.run_cell_magic(
+                "gpurent", f"--gpus 1 --gpu '{GPU}' --max-price 3.00 --hours 1 --budget 5",
+                "from distributed import get_client\nfrom workflows.finetune import finetune\n"
+                "trained = finetune(get_client(), steps=32, sync_every=16)")
+        (lease_id,) = [lease for c in session.clusters for lease in c.leaser.leases]
+        trained = shell.user_ns["trained"]
+        with capture_output() as later:  # the next cells' output area, while the notebook sits idle
+            warning = wait_for(lambda: notices(home, "idle-warning"), 120, "the idle warning")[0]
+            # The checkpoint is on the tenant's disk while the lease is still open...
+            assert session.client.lease(lease_id).status == DealStatus.ACTIVE
+            with open(warning["checkpoint"], "rb") as f:
+                assert f.read() == trained.checkpoint  # the last round's weights, byte for byte
+            # ...and the notebook shows the warning before the release.
+            wait_for(lambda: "will be released in" in later.stdout, 60, "the warning in the output")
+            wait_for(lambda: session.client.lease(lease_id).status == DealStatus.CLOSED, 120, "the idle release")
+            wait_for(lambda: "was released by the watchdog (idle" in later.stdout, 60, "the release notice")
+        shown = later.stdout
+        assert shown.index("will be released in") < shown.index("was released by the watchdog")
+        assert f"checkpoints/{lease_id}/finetune.pt" in shown
+        assert str(lease_id) in warning["message"] and "unless a task runs" in warning["message"]
+    finally:
+        magics = shell.magics_manager.registry["GpuMarketMagics"]
+        if magics._notices is not None:
+            magics._notices.stop()
+        shell.run_line_magic("gpumarket", "release all")
