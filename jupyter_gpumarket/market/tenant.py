@@ -243,7 +243,8 @@ class TenantLeaser:
         ca_path = self.ca.save(default_state_dir() / "clusters" / f"{self.name}.ca.pem", ca_password(self.client.signer))
         request = {"gpu": self.spec.model, "min_memory_gib": self.spec.min_memory_gib, "region": self.spec.region,
                    "max_price": self.max_price, "hours": self.hours, "budget": self.budget, "window": self.window,
-                   "rule": self.rule, "partial": self.partial, "class_id": self.class_id}
+                   "rule": self.rule, "partial": self.partial, "class_id": self.class_id,
+                   "packages": self.packages.to_dict()}
         self.store.record_cluster(self.name, chain_id=self.client.chain_id, market=self.client.market.address,
                                   tenant=self.client.address, ca_path=str(ca_path), scheduler=self.scheduler_address,
                                   request=request)
@@ -266,7 +267,8 @@ class TenantLeaser:
                      window=request.get("window", 5), rule=request.get("rule", "cost"),
                      partial=request.get("partial", "accept"), heartbeat_timeout=heartbeat_timeout,
                      class_id=request.get("class_id", 0), name=name, store=store,
-                     ca=TenantCA.load(row["ca_path"], ca_password(client.signer)))
+                     ca=TenantCA.load(row["ca_path"], ca_password(client.signer)),
+                     packages=PackageSet.from_dict(request["packages"]) if request.get("packages") else None)
         leaser.scheduler_address = row["scheduler"]
         for rec in store.live_leases(client.chain_id, client.market.address, cluster=name):
             lease = client.lease(rec["lease_id"])
