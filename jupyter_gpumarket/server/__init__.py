@@ -14,6 +14,9 @@ can release them.
 
 from __future__ import annotations
 
+import importlib
+import threading
+
 from jupyter_server.utils import url_path_join
 
 from .handlers import ROUTES
@@ -35,3 +38,14 @@ def _load_jupyter_server_extension(serverapp) -> None:
     base = url_path_join(web_app.settings["base_url"], "gpumarket")
     web_app.add_handlers(".*$", [(url_path_join(base, path), handler, {"manager": manager}) for path, handler in ROUTES])
     serverapp.log.info("jupyter_gpumarket: market API at %s/", base)
+
+
+async def _start_jupyter_server_extension(serverapp) -> None:
+    """Once every extension is loaded: import the chain and Dask stack (seconds) in the
+    background, so neither the server's start nor the sidebar's first request waits for it."""
+    threading.Thread(target=_import_market_stack, name="gpumarket-import", daemon=True).start()
+
+
+def _import_market_stack() -> None:
+    for name in ("ledger", "rentform"):  # the ledger brings session, market and cluster
+        importlib.import_module(f"{__name__}.{name}")

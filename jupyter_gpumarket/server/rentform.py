@@ -4,9 +4,9 @@ Every refusal is one :class:`~jupyter_gpumarket.errors.InvalidRequest` naming th
 field and what to send instead; nothing reaches the chain before all fields pass.
 Missing fields take the same ``gpumarket.*`` defaults as ``%%gpurent``.
 
->>> rent_request({"gpus": 2, "gpu": "A100|H100", "max_price": "2.50", "hours": 0.5}, decimals=6)
-RentRequest(gpus=2, gpu='A100|H100', min_vram=0, region='', max_price=2500000, hours=0.5, budget=None, window=3, \
-select='cost', partial='accept', attest=False)
+>>> request = rent_request({"gpus": 2, "gpu": "A100|H100", "max_price": "2.50", "hours": 0.5}, decimals=6)
+>>> request.gpus, request.gpu, request.max_price, request.hours
+(2, 'A100|H100', 2500000, 0.5)
 >>> rent_request({"gpus": 0}, decimals=6)
 Traceback (most recent call last):
 ...
