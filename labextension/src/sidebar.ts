@@ -82,7 +82,16 @@ export class MarketPanel extends Widget {
     this.notice.textContent = state.notice?.text ?? '';
     this.notice.classList.toggle('jp-mod-error', !!state.notice?.error);
     this.notice.hidden = !state.notice;
-    this.fill('wallet', ['wallet', 'budget'], () => this.walletView());
+    // Without a chain every other part fails for the same reason, which the wallet already says.
+    const offline = state.wallet?.connected === false;
+    for (const name of ['leases', 'classroom', 'offers', 'history']) {
+      const teaching = name !== 'classroom' || !!state.classroom?.classes.length || !!state.errors.classroom;
+      this.sections.get(name)!.body.closest('section')!.hidden = offline || !teaching;
+    }
+    this.fill('wallet', offline ? ['wallet'] : ['wallet', 'budget'], () => this.walletView());
+    if (offline) {
+      return;
+    }
     this.fill('classroom', ['classroom'], () => this.classroomSection());
     this.fill('offers', ['offers'], () => this.offersView());
     this.fill('history', ['history'], () => this.historyView());
@@ -115,7 +124,6 @@ export class MarketPanel extends Widget {
     if (node) {
       section.body.appendChild(node);
     }
-    section.body.closest('section')!.hidden = name === 'classroom' && !node;
   }
 
   private token(): TokenFormat {

@@ -1,6 +1,7 @@
 /**
  * Status bar item: "GPU spend: 2.90 TUSD/h" across all live leases, or
- * "GPU spend: none" when nothing runs. Clicking it opens the sidebar.
+ * "GPU spend: none" when nothing runs, "GPU spend: —" (the reason as its tooltip)
+ * when the market cannot be read. Clicking it opens the sidebar.
  */
 import { Widget } from '@lumino/widgets';
 
@@ -15,7 +16,6 @@ export class SpendStatus extends Widget {
     super();
     this.addClass('jp-gpumarket-status');
     this.node.setAttribute('data-testid', 'gpumarket-status');
-    this.node.title = 'Spend rate of your live GPU leases; click to open the GPU market';
     this.node.addEventListener('click', onClick);
     model.changed.connect(this.render, this);
     this.render();
@@ -27,8 +27,11 @@ export class SpendStatus extends Widget {
   }
 
   private render(): void {
-    const leases = this.model.state.leases;
-    if (!leases) {
+    const { leases, errors } = this.model.state;
+    this.node.title = errors.leases ?? 'Spend rate of your live GPU leases; click to open the GPU market';
+    if (errors.leases) {
+      this.node.textContent = 'GPU spend: —';
+    } else if (!leases) {
       this.node.textContent = 'GPU spend: …';
     } else if (leases.leases.length === 0) {
       this.node.textContent = 'GPU spend: none';

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import CHROMIUM, UI_TIMEOUT_MS, save_screenshot
+from .harness import CHROMIUM, UI_TIMEOUT_MS, FreshInstall, save_screenshot
 
 
 @pytest.fixture(scope="package")
@@ -27,6 +27,12 @@ def browser():
             yield chromium
         finally:
             chromium.close()
+
+
+@pytest.fixture(scope="package")
+def fresh_install(tmp_path_factory) -> FreshInstall:
+    """The wheel of this checkout installed into a new venv (built once for the lab tests)."""
+    return FreshInstall.make(tmp_path_factory.mktemp("wheel"))
 
 
 @pytest.fixture

@@ -8,7 +8,10 @@ import secrets
 import shutil
 import socket
 import subprocess
+import sys
+import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import requests
@@ -20,6 +23,45 @@ EXTENSION = "jupyter-gpumarket"
 #: Generous: the machine is shared; these bound failures, they do not measure speed.
 START_TIMEOUT = 180.0
 UI_TIMEOUT_MS = 90_000
+
+
+@dataclass
+class FreshInstall:
+    """The wheel built from this checkout, pip-installed (``--no-deps``) into a new venv.
+
+    The venv sees the project venv's packages after its own, through a ``.pth``
+    line, so its dependencies are there while the package itself, the lab
+    extension and the server-extension switch can only come from the wheel.
+    """
+
+    wheel: Path
+    venv: Path
+
+    @property
+    def python(self) -> Path:
+        return self.venv / "bin" / "python"
+
+    @classmethod
+    def make(cls, where: Path) -> "FreshInstall":
+        # No build isolation: hatchling and the jupyter-builder hook come from the project venv,
+        # and the hook reuses the extension the editable install built (no npm run).
+        subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet",
+                        "--disable-pip-version-check", "--wheel-dir", str(where / "dist"), str(ROOT)],
+                       check=True, timeout=300)
+        (wheel,) = (where / "dist").glob("jupyter_gpumarket-*.whl")
+        fresh = cls(wheel, where / "fresh-venv")
+        subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(fresh.venv)], check=True, timeout=120)
+        site = subprocess.run([fresh.python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                              check=True, capture_output=True, text=True).stdout.strip()
+        project_site = sysconfig.get_path("purelib")
+        Path(site, "project_venv.pth").write_text(f"import site; site.addsitedir({project_site!r})\n")
+        subprocess.run([fresh.python, "-m", "pip", "install", "--no-deps", "--no-index", "--no-compile", "--quiet",
+                        "--disable-pip-version-check", str(wheel)], check=True, timeout=300, cwd=where)
+        return fresh
+
+    def env(self, home: Path, **extra: str) -> dict[str, str]:
+        """An isolated Jupyter environment for this install; JupyterLab's own assets from the project venv."""
+        return isolated_jupyter_env(home, JUPYTERLAB_DIR=str(Path(sys.prefix) / "share" / "jupyter" / "lab"), **extra)
 
 
 def free_port() -> int:
@@ -102,8 +144,10 @@ class LabServer:
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"token {self.token}"}
 
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-6000:] if self.log_path.exists() else ""
+    def log(self, limit: int | None = 6000) -> str:
+        """The server's output so far (its last ``limit`` characters; None for all)."""
+        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return text if limit is None else text[-limit:]
 
     def stop(self) -> None:
         if self.process is None or self.process.poll() is not None:

@@ -1,48 +1,64 @@
 """The market sidebar in a real browser against the devnet: lease listed, released, refunded on chain.
 
-JupyterLab runs as a subprocess with the server extension and the prebuilt lab
-extension of this checkout, pointed at the session devnet (rolled back after the
-test) with one provider agent bidding. Chromium opens the sidebar; the lease is
-made through the REST API and released by clicking its button.
+JupyterLab runs as a subprocess from a fresh install of this checkout's wheel
+(so this also shows that `pip install` alone brings the sidebar and its server
+API), pointed at the session devnet (rolled back after the test) with one
+provider agent bidding. Chromium opens the sidebar; it first says what to start
+while no devnet is recorded, then connects once one is; a lease is made through
+the REST API and released by clicking its button.
 """
 
 from __future__ import annotations
 
-import sys
+import shutil
 
 import pytest
+from eth_account import Account
 from playwright.sync_api import expect
 
+from jupyter_gpumarket.chain.devnet import DEV_MNEMONIC, DEVNET_FILE
 from jupyter_gpumarket.spec import DealStatus
 
-from .harness import LabServer, isolated_jupyter_env, open_market_sidebar, save_screenshot, token_text
+from .harness import LabServer, open_market_sidebar, save_screenshot, token_text
 
 
 @pytest.fixture
-def lab_market(chain, tmp_path):
-    """A provider agent on the (snapshotted) session devnet and a `jupyter lab` that trades on it."""
-    env = isolated_jupyter_env(
-        tmp_path, GPUMARKET_HOME=str(tmp_path / "gpumarket-home"), DASK_GPUMARKET__DEVNET="true",
-        DASK_GPUMARKET__DEVNET_DIR=str(chain.state_dir), DASK_GPUMARKET__WINDOW="2")
-    lab = LabServer(sys.executable, tmp_path / "lab", env)
+def lab_market(chain, fresh_install, tmp_path):
+    """A provider agent on the (snapshotted) session devnet and a `jupyter lab` from the fresh install.
+
+    The lab's devnet directory starts empty; ``record_devnet()`` puts the devnet file there.
+    """
+    devnet_dir = tmp_path / "devnet"
+    devnet_dir.mkdir()
+    env = fresh_install.env(tmp_path, GPUMARKET_HOME=str(tmp_path / "gpumarket-home"),
+                            DASK_GPUMARKET__DEVNET="true", DASK_GPUMARKET__DEVNET_DIR=str(devnet_dir),
+                            DASK_GPUMARKET__WINDOW="2")
+    lab = LabServer(str(fresh_install.python), tmp_path / "lab", env)
     try:
         chain.start_agents(count=1)  # the H100 profile: bids its 2.90 floor
         lab.start()
         chain.wait_for_providers(1, timeout=180)
         lab.wait_ready()
-        yield chain, lab
+        yield chain, lab, lambda: shutil.copy(chain.state_dir / DEVNET_FILE, devnet_dir / DEVNET_FILE)
     finally:
         lab.stop()
         chain.stop_agents()  # before the chain fixture rolls the devnet back
 
 
 def test_sidebar_lists_a_lease_and_its_release_button_refunds_on_chain(lab_market, page):
-    net, lab = lab_market
+    net, lab, record_devnet = lab_market
     tenant = net.client("tenant")
     decimals, symbol = tenant.token_decimals(), tenant.token_symbol()
     money = lambda amount: token_text(amount, decimals, symbol)  # noqa: E731
 
     panel = open_market_sidebar(page, lab)
+    # No devnet recorded yet: the sidebar says what to start, once, instead of failing in every section.
+    expect(panel.get_by_test_id("gpumarket-not-connected")).to_contain_text("start one with `gpumarket devnet up`")
+    expect(panel.get_by_test_id("gpumarket-section-leases")).to_be_hidden()
+    expect(page.get_by_test_id("gpumarket-status")).to_have_text("GPU spend: —")
+    save_screenshot(page, "lab-sidebar-no-devnet")
+
+    record_devnet()  # as `gpumarket devnet up` would; the next poll connects
     expect(panel.get_by_test_id("gpumarket-address")).to_have_attribute("title", tenant.address)
     expect(panel.get_by_test_id("gpumarket-balance")).to_have_text(money(tenant.balance()))
     expect(page.get_by_test_id("gpumarket-status")).to_have_text("GPU spend: none")
@@ -86,3 +102,9 @@ def test_sidebar_lists_a_lease_and_its_release_button_refunds_on_chain(lab_marke
     expect(notice).to_contain_text(f"refunded {money(event['refunded'])}")
     paid = sum(w["amount"] for w in tenant.get_logs("PaymentWithdrawn", leaseId=lease_id)) + event["paid"]
     assert paid + event["fee"] + event["refunded"] == closed.deposit
+
+    # The tenant's key reached neither the page nor the server log.
+    Account.enable_unaudited_hdwallet_features()
+    key = Account.from_mnemonic(DEV_MNEMONIC, account_path=f"m/44'/60'/0'/0/{net.info.accounts['tenant']}").key.hex()
+    key = key.removeprefix("0x").lower()
+    assert key not in page.content().lower() and key not in lab.log(limit=None).lower()
