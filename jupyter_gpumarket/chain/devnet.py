@@ -163,13 +163,18 @@ class Devnet:
             raise ChainUnavailable(f"the devnet at {info.rpc_url} is not running; start it with `gpumarket devnet up`")
         return cls(info, state)
 
-    def start_agents(self, gpus: int = 1, detach: bool = False, count: int | None = None) -> dict[str, subprocess.Popen]:
+    def start_agents(self, gpus: int = 1, detach: bool = False, count: int | None = None,
+                     find_links: str | os.PathLike | None = None) -> dict[str, subprocess.Popen]:
         """Start provider agent processes (one per provider account, or the first ``count``),
         with varied profiles and prices. Accounts left without an agent can serve from a notebook.
+        ``find_links``: a wheel directory the agents build tenants' package sets from (no other index).
 
         Logs go to ``<state>/<role>.log``. The pids are recorded so ``down()`` stops them.
         """
         procs = {}
+        env = dict(os.environ)
+        if find_links is not None:  # read by EnvironmentBuilder.from_config in the agent
+            env |= {"DASK_GPUMARKET__PROVIDER_FIND_LINKS": str(find_links), "DASK_GPUMARKET__PROVIDER_NO_INDEX": "True"}
         roles = [r for r in self.roles if r.startswith("provider")][:count]
         for i, role in enumerate(roles):
             model, memory, tflops, price, strategy = AGENT_PROFILES[i % len(AGENT_PROFILES)]
@@ -179,7 +184,7 @@ class Devnet:
                  "--state-dir", str(self.state_dir), "--account", role, "--gpu-model", model,
                  "--memory-gib", str(memory), "--tflops", str(tflops), "--price", price,
                  "--strategy", strategy, "--gpus", str(gpus)],
-                stdout=log, stderr=subprocess.STDOUT, start_new_session=detach,
+                stdout=log, stderr=subprocess.STDOUT, start_new_session=detach, env=env,
             )
             log.close()
             self.info.agents[role] = procs[role].pid

@@ -282,6 +282,25 @@ class EnvironmentBuilder:
         self.cache_dir = Path(self.cache_dir)
         self.find_links = tuple(str(f) for f in self.find_links)
 
+    @classmethod
+    def from_config(cls, cache_dir: str | os.PathLike | None = None) -> "EnvironmentBuilder":
+        """The provider's builder from dask config (``DASK_GPUMARKET__PROVIDER_FIND_LINKS`` and so on).
+
+        ``gpumarket.provider-index-url`` and ``gpumarket.provider-find-links`` (a path or URL, or a
+        list) name the index; ``gpumarket.provider-no-index: true`` uses only the find-links. With
+        neither, building is off. Venvs are cached under ``$GPUMARKET_HOME/provider-envs``.
+        """
+        import dask.config
+
+        from ..chain.devnet import default_state_dir
+
+        index_url = dask.config.get("gpumarket.provider-index-url", None) or None
+        links = dask.config.get("gpumarket.provider-find-links", None) or ()
+        links = tuple(links.split()) if isinstance(links, str) else tuple(links)
+        return cls(cache_dir or default_state_dir() / "provider-envs", index_url=index_url, find_links=links,
+                   no_index=bool(dask.config.get("gpumarket.provider-no-index", False)),
+                   enabled=bool(index_url or links))
+
     # -- what the base has -------------------------------------------------------------
 
     @staticmethod

@@ -100,7 +100,7 @@ class ProviderAgent:
         self._next_block = 0
         self._workdir = tempfile.TemporaryDirectory(prefix="gpumarket-provider-")
         # Builds the tenant's package set for a lease's workers; without an index only the base is served.
-        self.environments = environments or EnvironmentBuilder(f"{self._workdir.name}/envs", enabled=False)
+        self.environments = environments or EnvironmentBuilder.from_config()
 
     # -- lifecycle ---------------------------------------------------------------
 

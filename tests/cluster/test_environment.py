@@ -172,6 +172,16 @@ def test_builder_refuses_another_python_too_big_sets_and_installs_without_an_ind
         closed.prepare(PackageSet.parse(["gmtestpkg==1.2.3"]))
 
 
+def test_provider_builder_comes_from_dask_config(tmp_path):
+    import dask.config
+
+    with dask.config.set({"gpumarket.provider-find-links": "/srv/wheels /srv/more", "gpumarket.provider-no-index": True}):
+        configured = EnvironmentBuilder.from_config(tmp_path)
+    assert configured.enabled and configured.no_index and configured.index_url is None
+    assert configured.find_links == ("/srv/wheels", "/srv/more")
+    assert not EnvironmentBuilder.from_config(tmp_path).enabled  # no index configured: only the base is served
+
+
 # -- on the devnet ---------------------------------------------------------------------------
 
 
