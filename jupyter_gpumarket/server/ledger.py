@@ -91,7 +91,9 @@ class LeaseBook:
                 continue
             lease = self.client.lease(lease_id)
             if lease.status != DealStatus.ACTIVE:
-                self._remember_settled(lease)
+                receipt = self._remember_settled(lease)
+                if _cluster_of(lease, records):  # ended on chain (duration over, provider closed it)
+                    self._settle_in_store(receipt)
                 continue
             if lease.provider_id not in models:
                 models[lease.provider_id] = self.client.provider(lease.provider_id).claim.gpu_model
@@ -110,10 +112,16 @@ class LeaseBook:
                 out.append(self._settled[lease_id])
         return sorted(out, key=lambda pair: (pair[1], pair[0].lease_id))
 
-    def _remember_settled(self, lease: Lease) -> None:
+    def _remember_settled(self, lease: Lease) -> Receipt:
         receipt = receipt_from_chain(self.client, lease.id)
         with self._lock:
             self._settled[lease.id] = (receipt, lease.ends_at)  # settling sets ends_at to the close time
+        return receipt
+
+    def _settle_in_store(self, receipt: Receipt) -> None:
+        """Bring the shared history in line with the chain, so no kernel tries to re-attach to it."""
+        self.store.settle_lease(self.client.chain_id, self.client.market.address, receipt.lease_id,
+                                {**receipt.__dict__, "tx_hashes": list(receipt.tx_hashes)})
 
     def _store_records(self) -> dict[int, dict]:
         if self.store is None:

@@ -167,28 +167,33 @@ async def test_rent_list_release_and_each_refund_reaches_the_wallet(jp_fetch, ma
     assert budget["committed"] == budget["spent"] == str(total)
 
 
-async def test_a_lease_made_by_a_kernel_is_listed_and_released_by_the_server(jp_fetch, market, tenant):
+async def test_leases_made_by_a_kernel_are_listed_released_and_kept_in_line_with_the_chain(jp_fetch, market, tenant):
     kernel = Session.connect()  # as %%gpurent in a notebook: same account, same lease history
-    request = RentRequest(gpus=1, gpu=ANY_GPU, max_price=3 * TUSD, hours=1, window=2)
+    request = RentRequest(gpus=2, gpu=ANY_GPU, max_price=3 * TUSD, hours=1, window=2)
     cluster = await asyncio.to_thread(kernel.rent, request, reuse=False)
+    store, where = kernel.store, (tenant.chain_id, tenant.market.address)
     try:
-        (lease_id,) = cluster.leaser.leases
+        by_server, elsewhere = sorted(cluster.leaser.leases, key=lambda i: cluster.leaser.leases[i].hosts_scheduler)
         status, listed = await call(jp_fetch, "GET", "leases")
-        (row,) = [row for row in listed["leases"] if row["lease"] == lease_id]
-        assert row["cluster"] == cluster.name and row["provider"] == tenant.lease(lease_id).provider_id
+        rows = {row["lease"]: row for row in listed["leases"]}
+        assert set(rows) == {by_server, elsewhere} and {row["cluster"] for row in rows.values()} == {cluster.name}
+        assert rows[by_server]["provider"] == tenant.lease(by_server).provider_id
 
         balance = tenant.balance()
-        status, released = await call(jp_fetch, "POST", f"leases/{lease_id}/release")
+        status, released = await call(jp_fetch, "POST", f"leases/{by_server}/release")  # the server never held it
         assert status == 200, released
-        assert tenant.lease(lease_id).status == DealStatus.CLOSED
+        assert tenant.lease(by_server).status == DealStatus.CLOSED
         assert tenant.balance() - balance == int(released["receipt"]["refunded"]) > 0
-        record = kernel.store.lease(tenant.chain_id, tenant.market.address, lease_id)
-        assert record["state"] == "settled"
-
-        status, again = await call(jp_fetch, "POST", f"leases/{lease_id}/release")
+        assert store.lease(*where, by_server)["state"] == "settled"
+        status, again = await call(jp_fetch, "POST", f"leases/{by_server}/release")
         assert status == 404 and again["type"] == "NotFound" and "is not live" in again["error"]
+
+        await asyncio.to_thread(tenant.close_lease, elsewhere)  # closed by another tool, not this server
+        assert store.lease(*where, elsewhere)["state"] == "live"
+        status, listed = await call(jp_fetch, "GET", "leases")
+        assert listed["leases"] == [] and store.lease(*where, elsewhere)["state"] == "settled"
     finally:
-        await asyncio.to_thread(kernel.release, None)  # the Dask side; the lease is settled already
+        await asyncio.to_thread(kernel.release, None)  # the Dask side; both leases are settled already
 
 
 async def test_classroom_shows_each_students_cap_spend_and_live_leases(jp_fetch, market, tenant):
