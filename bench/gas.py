@@ -24,6 +24,7 @@ TARGETS = {
     "withdraw": 40_000,
     "closeLease": 60_000,
     "lifecycle": 450_000,
+    "postReceiptRoot": 60_000,
 }
 
 
@@ -41,6 +42,7 @@ def extra_operations(net: Devnet) -> dict[str, int]:
             p1.place_bid(order, 2_400_000, 1, b"\x03" * 32, "tls://p1:8786").result]
     gas["acceptBids_two"] = tenant.accept_bids(order, bids).gas_used
     gas["rejectLease"] = tenant.reject_lease(bids[0], "attestation failed").gas_used
+    gas["postReceiptRoot"] = p1.post_receipt_root(bids[1], b"\x5a" * 32, 40).gas_used
     gas["topUp"] = tenant.top_up(bids[1], 1_000_000, 600).gas_used
     net.advance(120)
     gas["openDispute"] = tenant.open_dispute(bids[1], "receipt mismatch").gas_used
@@ -49,9 +51,22 @@ def extra_operations(net: Devnet) -> dict[str, int]:
     p1.withdraw(bids[1])
     gas["closeLease_refund_only"] = tenant.close_lease(bids[1]).gas_used
     gas["closeOrder"] = tenant.close_order(order).gas_used
+    gas["closeLeaseAtHeartbeat"] = _heartbeat_close(net, tenant, p0)
     claim = HardwareClaim("NVIDIA RTX 4090", 2, 24, 165.0)
     gas["updateProvider"] = p0.update_provider(claim, "us-east", "tls://p0b:8786").gas_used
     return gas
+
+
+def _heartbeat_close(net: Devnet, tenant, provider) -> int:
+    """Close a fresh lease at the provider's signed heartbeat (the silent-provider path)."""
+    from jupyter_gpumarket.verify.heartbeat import Heartbeat, HeartbeatDomain
+
+    order = tenant.create_order(GpuSpec(1), 3_000_000, 3600, 60, 3_000_000, b"\x01" * 32).result
+    bid = provider.place_bid(order, 2_900_000, 1, b"\x02" * 32, "tls://p0:8786").result
+    tenant.accept_bids(order, [bid])
+    beat = Heartbeat(bid, 1, tenant.now() + 30, 0).sign(provider.signer, HeartbeatDomain(tenant.chain_id, tenant.market.address))
+    net.advance(120)
+    return tenant.close_lease_at_heartbeat(bid, beat).gas_used
 
 
 def main() -> None:

@@ -133,13 +133,14 @@ class Provider:
     leases_rejected: int = 0
     disputes_lost: int = 0
     unstake_ready_at: int = 0
+    leases_dropped: int = 0  # closed at the provider's last heartbeat (its workers went silent)
     region: str = ""
     endpoint: str = ""
 
     @property
     def reliability(self) -> float:
-        """Share of finished leases that were not rejected or lost in dispute (Laplace-smoothed)."""
-        bad = self.leases_rejected + self.disputes_lost
+        """Share of finished leases that were not rejected, dropped or lost in dispute (Laplace-smoothed)."""
+        bad = self.leases_rejected + self.disputes_lost + self.leases_dropped
         return (self.leases_completed + 1) / (self.leases_completed + bad + 2)
 
 

@@ -184,7 +184,8 @@ class MarketClient:
 
     def provider(self, provider_id: int) -> Provider:
         p = self.market.functions.getProvider(provider_id).call()
-        (owner, open_leases, open_disputes, gpu_count, active, completed, stake, unstake_at, rejected, lost, mem, tflops) = p
+        (owner, open_leases, open_disputes, gpu_count, active, completed, stake, unstake_at, rejected, lost, dropped,
+         mem, tflops) = p
         details = self._latest_provider_details(provider_id)
         return Provider(
             id=provider_id,
@@ -197,6 +198,7 @@ class MarketClient:
             leases_completed=completed,
             leases_rejected=rejected,
             disputes_lost=lost,
+            leases_dropped=dropped,
             unstake_ready_at=unstake_at,
             region=details.get("region", ""),
             endpoint=details.get("endpoint", ""),
@@ -382,6 +384,22 @@ class MarketClient:
         tx = self._send(self.market.functions.resolveDispute(lease_id, provider_at_fault, slash_amount))
         return _with_result(tx, tx.event("DisputeResolved")["slashed"])
 
+    def post_receipt_root(self, lease_id: int, root: bytes | str, count: int) -> Tx:
+        """Provider commits to its ``count`` execution receipts of a lease (their Merkle root), once.
+
+        ``root`` is :meth:`verify.receipts.ReceiptBook.merkle_root`; ``tx.result`` is the root posted.
+        """
+        root = _root(root)
+        if isinstance(count, bool) or not isinstance(count, int) or not 0 < count < 2**32:
+            raise InvalidRequest(f"count must be the number of receipts under the root (1 to 2**32-1), got {count!r}")
+        tx = self._send(self.market.functions.postReceiptRoot(lease_id, root, count))
+        return _with_result(tx, "0x" + bytes(tx.event("ReceiptRootPosted")["root"]).hex())
+
+    def receipt_root_of(self, lease_id: int) -> bytes | None:
+        """The receipt root the lease's provider posted, or None."""
+        root = bytes(self.market.functions.receiptRootOf(lease_id).call())
+        return None if root == b"\x00" * 32 else root
+
     def lease(self, lease_id: int) -> Lease:
         """A lease's state (also for a bid not yet accepted, with zero deposit)."""
         d = self.market.functions.getDeal(lease_id).call()
@@ -546,6 +564,17 @@ def _hash(value: str | bytes) -> bytes:
     if isinstance(value, bytes) and len(value) == 32:
         return value
     return Web3.keccak(text=value) if isinstance(value, str) else Web3.keccak(value)
+
+
+def _root(value: bytes | str) -> bytes:
+    """A 32-byte Merkle root, from bytes or 0x-hex; never padded (a short value is a mistake)."""
+    try:
+        raw = bytes.fromhex(value.removeprefix("0x")) if isinstance(value, str) else bytes(value)
+    except (TypeError, ValueError):
+        raise InvalidRequest(f"root must be 32 bytes or 64 hex digits, got {value!r}") from None
+    if len(raw) != 32:
+        raise InvalidRequest(f"root must be 32 bytes (a keccak Merkle root), got {len(raw)} bytes")
+    return raw
 
 
 def _claim(claim: HardwareClaim) -> tuple:

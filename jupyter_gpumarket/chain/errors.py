@@ -60,6 +60,10 @@ _TEMPLATES: dict[str, tuple[type[GpuMarketError], str]] = {
         "{student} may draw {remaining} more from class {classId} but {needed} is needed; "
         "ask the instructor to raise the cap, or ask for less",
     ),
+    "EmptyReceiptRoot": (
+        InvalidRequest,
+        "the receipt root for lease {leaseId} is zero or covers no receipts; post the root of at least one receipt",
+    ),
     "ClassFundsLow": (
         InsufficientFunds,
         "class {classId} has {balance} left but {needed} is needed; the sponsor must fund the class",
@@ -119,6 +123,10 @@ _TEMPLATES: dict[str, tuple[type[GpuMarketError], str]] = {
     ),
     "DisputeAlreadyOpen": (WrongState, "lease {leaseId} already has an open dispute; wait for the arbiter's decision"),
     "NoOpenDispute": (WrongState, "lease {leaseId} has no open dispute; open one before resolving it"),
+    "ReceiptRootAlreadyPosted": (
+        WrongState,
+        "lease {leaseId} already has receipt root {root}; a root is posted once per lease and cannot be replaced",
+    ),
     "DisputeWindowOver": (WrongState, "lease {leaseId} closed at {closedAt}; its dispute window is over"),
     "EnforcedPause": (WrongState, "the market is paused; try again when it is unpaused"),
     "ExpectedPause": (WrongState, "the market is not paused"),

@@ -171,7 +171,7 @@ class Market:
         """Provider ``index``'s on-chain numbers, raw from ``getProvider`` (no event lookups)."""
         raw = self.tenant.market.functions.getProvider(self.ids[index]).call()
         names = ("owner open_leases open_disputes gpu_count active leases_completed stake unstake_ready_at "
-                 "leases_rejected disputes_lost memory_gib tflops_x100").split()
+                 "leases_rejected disputes_lost leases_dropped memory_gib tflops_x100").split()
         return SimpleNamespace(**dict(zip(names, raw)))
 
     def register(self, index: int, stake: int | None = None) -> int:

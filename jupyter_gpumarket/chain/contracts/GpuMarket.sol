@@ -98,6 +98,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         uint40 unstakeReadyAt; // 0 = no unstake requested
         uint32 leasesRejected;
         uint16 disputesLost;
+        uint16 leasesDropped; // closed at the provider's last heartbeat: its workers went silent
         // slot 2
         uint32 memoryGiB;
         uint32 tflopsX100;
@@ -171,6 +172,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     error NoOpenDispute(uint256 leaseId);
     error DisputeWindowOver(uint256 leaseId, uint40 closedAt);
     error InvalidHeartbeat(uint256 leaseId, address signer);
+    error EmptyReceiptRoot(uint256 leaseId);
+    error ReceiptRootAlreadyPosted(uint256 leaseId, bytes32 root);
     error ClassNotFound(uint16 classId);
     error NotClassSponsor(uint16 classId, address caller);
     error AllowanceExceeded(uint16 classId, address student, uint128 remaining, uint128 needed);
@@ -238,6 +241,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     );
     event LeaseRejected(uint256 indexed leaseId, bytes32 reasonHash, uint104 refunded);
     event DisputeOpened(uint256 indexed leaseId, bytes32 evidenceHash);
+    /// Merkle root (sorted-pair keccak) over the EIP-712 struct hashes of the lease's `count` execution receipts.
+    event ReceiptRootPosted(uint256 indexed leaseId, uint32 indexed providerId, bytes32 root, uint32 count);
     event DisputeResolved(uint256 indexed leaseId, bool providerAtFault, uint128 slashed);
     event ClassCreated(uint16 indexed classId, address indexed sponsor, uint128 balance);
     event ClassFunded(uint16 indexed classId, uint128 amount, uint128 balance);
@@ -274,6 +279,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
     mapping(uint64 => mapping(uint32 => uint256)) public bidOf;
     mapping(uint16 => Class) private _classes;
     mapping(uint16 => mapping(address => Allowance)) private _allowances;
+    /// leaseId => the provider's receipt root (posted once; a dispute's evidence can be proven against it).
+    mapping(uint256 => bytes32) public receiptRootOf;
 
     constructor(
         IERC20 token_,
@@ -606,7 +613,7 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
             if (block.timestamp < graceEnds) revert GracePeriodActive(leaseId, graceEnds);
         }
         if (block.timestamp < endedAt) endedAt = uint40(block.timestamp);
-        _settle(leaseId, d, p, o, endedAt);
+        _settle(leaseId, d, p, o, endedAt, false);
     }
 
     /// Tenant closes a lease whose provider went silent: payment stops at the
@@ -626,7 +633,27 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         uint40 endedAt = _effectiveEnd(d);
         if (block.timestamp < endedAt) endedAt = uint40(block.timestamp);
         if (heartbeat.timestamp < endedAt) endedAt = heartbeat.timestamp < d.startedAt ? d.startedAt : uint40(heartbeat.timestamp);
-        _settle(leaseId, d, p, o, endedAt);
+        _settle(leaseId, d, p, o, endedAt, true);
+    }
+
+    /// Provider commits to its execution receipts of a lease: one root, once, while the lease
+    /// is active or a dispute about it may still be opened.
+    function postReceiptRoot(uint256 leaseId, bytes32 root, uint32 count) external {
+        Deal storage d = _deals[leaseId];
+        DealStatus status = d.status;
+        if (status != DealStatus.Active && status != DealStatus.Closed) {
+            if (status == DealStatus.None) revert LeaseNotFound(leaseId);
+            revert LeaseNotActive(leaseId);
+        }
+        if (_providers[d.providerId].owner != msg.sender) revert NotLeaseProvider(leaseId, msg.sender);
+        if (status == DealStatus.Closed && block.timestamp > uint256(d.endsAt) + disputeWindow) {
+            revert DisputeWindowOver(leaseId, d.endsAt);
+        }
+        if (root == 0 || count == 0) revert EmptyReceiptRoot(leaseId);
+        bytes32 posted = receiptRootOf[leaseId];
+        if (posted != 0) revert ReceiptRootAlreadyPosted(leaseId, posted);
+        receiptRootOf[leaseId] = root;
+        emit ReceiptRootPosted(leaseId, d.providerId, root, count);
     }
 
     /// The EIP-712 digest a provider signs for a heartbeat.
@@ -638,7 +665,9 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
 
     /// Pay the provider what accrued until `endedAt` (never less than it already
     /// withdrew) and refund the tenant the rest of the deposit.
-    function _settle(uint256 leaseId, Deal storage d, Provider storage p, Order storage o, uint40 endedAt) private {
+    function _settle(uint256 leaseId, Deal storage d, Provider storage p, Order storage o, uint40 endedAt, bool dropped)
+        private
+    {
         uint104 deposit = d.deposit;
         uint104 withdrawn = d.withdrawn;
         uint104 total = _accrued(d, endedAt);
@@ -647,7 +676,8 @@ contract GpuMarket is AccessControl, Pausable, ReentrancyGuardTransient, EIP712 
         d.endsAt = endedAt;
         d.withdrawn = total;
         p.openLeases -= 1;
-        p.leasesCompleted += 1;
+        if (dropped) p.leasesDropped += 1;
+        else p.leasesCompleted += 1;
         _holdStakeForDisputes(p, endedAt);
         uint104 due = total - withdrawn;
         uint104 fee = due > 0 ? _payProvider(p.owner, due) : 0;
