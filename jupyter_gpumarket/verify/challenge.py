@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 from distributed.diagnostics.plugin import WorkerPlugin
+from threadpoolctl import threadpool_limits
 
 from ..errors import InvalidRequest
 
@@ -143,11 +144,13 @@ def _backend() -> tuple[str, Any]:
     return ("cuda" if torch.cuda.is_available() else "cpu"), torch
 
 
-def _compute(ch: Challenge) -> tuple[np.ndarray, str, str]:
-    """Row sums (segments x n, float64) of each chain's final matrix, device and dtype used."""
+def _compute(ch: Challenge, clock=time.perf_counter) -> tuple[np.ndarray, str, str, float]:
+    """Row sums (segments x n, float64) of each chain's final matrix, device, dtype, and the
+    ``clock`` seconds spent in the products alone (generating the inputs is set-up, not throughput)."""
     device, torch = _backend()
     n = ch.n
     scale = float(np.float32(_GAIN * math.sqrt(3.0 / n)))
+    seconds = 0.0
     if torch is not None:
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         with torch.no_grad():
@@ -155,21 +158,49 @@ def _compute(ch: Challenge) -> tuple[np.ndarray, str, str]:
             out = []
             for s in range(ch.segments):
                 x = _torch_matrix(torch, ch.seed, n, f"X{s}", device, None).to(dtype)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                t0 = clock()
                 for _ in range(ch.steps):
                     x = torch.tanh(x @ b)
+                if device == "cuda":
+                    torch.cuda.synchronize()
+                seconds += clock() - t0
                 out.append(x.float().sum(dim=1))
             sums = torch.stack(out)
-            if device == "cuda":
-                torch.cuda.synchronize()
-            return sums.cpu().double().numpy(), device, str(dtype).removeprefix("torch.")
+            return sums.cpu().double().numpy(), device, str(dtype).removeprefix("torch."), seconds
     b = _np_b(ch.seed, n)
     out = []
     for s in range(ch.segments):
         x = _np_start_rows(ch.seed, n, s, range(n))
-        for _ in range(ch.steps):
-            x = np.tanh(x @ b)
+        buf = np.empty_like(x)
+        t0 = clock()
+        for _ in range(ch.steps):  # in place: no allocation (and no page faults) inside the clock
+            np.matmul(x, b, out=buf)
+            np.tanh(buf, out=x)
+        seconds += clock() - t0
         out.append(x.sum(axis=1, dtype=np.float64))
-    return np.stack(out), "cpu", "float32"
+    return np.stack(out), "cpu", "float32", seconds
+
+
+@contextlib.contextmanager
+def single_thread():
+    """BLAS (and torch's CPU pool) limited to the calling thread, so ``time.thread_time`` sees all the work.
+
+    Simulated (CPU) challenges are timed this way on both sides: a thread's CPU time does
+    not count the time the OS gave to other processes, which on a shared machine is most
+    of the wall time (a CPU-simulated worker on a busy 2-core box got 20-30 % of a core).
+    """
+    _, torch = _backend()
+    old = torch.get_num_threads() if torch is not None else None
+    with threadpool_limits(limits=1):
+        if torch is not None:
+            torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            if torch is not None:
+                torch.set_num_threads(old)
 
 
 def _digest(sums: np.ndarray) -> str:
@@ -260,23 +291,33 @@ def inventory(dask_worker=None) -> dict[str, Any]:
     return info
 
 
+def timed_compute(ch: Challenge, simulated: bool, behaviour: SimulatedBehaviour | None = None):
+    """``(row sums, device, dtype, seconds)``: CPU seconds of this thread on one BLAS thread when
+    ``simulated``, else wall seconds. A devnet ``behaviour`` slows down or corrupts inside the clock."""
+    clock = time.thread_time if simulated else time.perf_counter
+    with single_thread() if simulated else contextlib.nullcontext():
+        sums, device, dtype, seconds = _compute(ch, clock)
+        if behaviour is not None:
+            sums, seconds = behaviour.apply(ch, sums, clock, seconds)
+        return sums, device, dtype, seconds
+
+
 def run_challenge(seed: int, n: int, reps: int, segments: int = 1) -> dict[str, Any]:
     """Worker side of one round: inventory, then the timed seeded benchmark.
 
     Returns ``row_sums`` (``segments x n`` list of floats: the commitment the
     tenant samples), ``digest`` (SHA-256 of the rounded sums), ``seconds`` and
-    ``tflops`` as the worker measured them (informative; the tenant times the
-    round trip itself), ``device``, ``dtype`` and ``inventory``.
+    ``tflops`` as the worker measured them, ``clock`` (``"thread_cpu"`` for a
+    simulated worker: this thread's CPU time on one BLAS thread, which the
+    tenant uses for the devnet calibration; ``"wall"`` on a real GPU, where
+    the tenant times the round trip itself), ``device``, ``dtype`` and ``inventory``.
     """
     ch = Challenge(seed=int(seed), n=int(n), reps=int(reps), segments=int(segments))
     worker = _current_worker()
     inv = inventory(worker)
-    t0 = time.perf_counter()
-    sums, device, dtype = _compute(ch)
-    seconds = time.perf_counter() - t0
+    simulated = inv["source"] != "nvml"
     behaviour = worker.plugins.get(BEHAVIOUR_PLUGIN) if worker is not None else None
-    if behaviour is not None:
-        sums, seconds = behaviour.apply(ch, sums, seconds)
+    sums, device, dtype, seconds = timed_compute(ch, simulated, behaviour)
     return {
         "seed": ch.seed,
         "n": ch.n,
@@ -285,6 +326,7 @@ def run_challenge(seed: int, n: int, reps: int, segments: int = 1) -> dict[str, 
         "row_sums": sums.tolist(),
         "digest": _digest(sums),
         "seconds": seconds,
+        "clock": "thread_cpu" if simulated else "wall",
         "tflops": ch.flops / max(seconds, 1e-12) / 1e12,
         "device": device,
         "dtype": dtype,
@@ -295,9 +337,10 @@ def run_challenge(seed: int, n: int, reps: int, segments: int = 1) -> dict[str, 
 class SimulatedBehaviour(WorkerPlugin):
     """Devnet-only: make a worker deliver ``throughput`` of its speed and invent ``wrong_rows`` of its results.
 
-    ``throughput=0.5`` keeps computing as long again as each challenge took (a
-    provider claiming more than it has); ``wrong_rows=f`` replaces a fraction ``f`` of
-    the returned row sums with made-up numbers (a provider skipping work).
+    ``throughput=0.5`` does the work of each challenge twice (a provider claiming twice
+    what it has: its CPU time per challenge doubles, and so does its wall time);
+    ``wrong_rows=f`` replaces a fraction ``f`` of the returned row sums with made-up
+    numbers (a provider skipping work).
     Install with ``Worker(plugins={SimulatedBehaviour(...)})``, or on one worker
     with ``client.run(simulate_behaviour, throughput=0.5, workers=[addr])``.
     """
@@ -312,23 +355,19 @@ class SimulatedBehaviour(WorkerPlugin):
         self.throughput = float(throughput)
         self.wrong_rows = float(wrong_rows)
 
-    def apply(self, ch: Challenge, sums: np.ndarray, seconds: float) -> tuple[np.ndarray, float]:
+    def apply(self, ch: Challenge, sums: np.ndarray, clock, seconds: float) -> tuple[np.ndarray, float]:
+        """Invent rows, then do ``1/throughput - 1`` times the products again; returns sums and ``clock`` seconds."""
         if self.wrong_rows > 0:
             rng = np.random.default_rng()
             sums = sums.copy()
             bad = rng.random(sums.shape) < self.wrong_rows
             sums[bad] = rng.normal(0.0, math.sqrt(ch.n), size=int(bad.sum()))
         if self.throughput < 1.0:
-            # Stay busy (as a slower device would) rather than sleep: an idle gap changes
-            # how fast the next computation on a shared CPU runs.
-            t0 = time.perf_counter()
-            deadline = t0 + seconds * (1.0 / self.throughput - 1.0)
-            per_product = seconds / ch.reps
-            waste = Challenge(seed=(ch.seed + 1) % 2**64, n=ch.n, reps=1)
-            while deadline - time.perf_counter() > 1.5 * per_product:
-                _compute(waste)
-            time.sleep(max(0.0, deadline - time.perf_counter()))
-            seconds += time.perf_counter() - t0
+            # Real work, not sleep: the extra time must show on the CPU clock as it would on a
+            # slower device.
+            extra = round(ch.reps * (1.0 / self.throughput - 1.0))  # products, to the nearest one
+            if extra:
+                seconds += _compute(Challenge(ch.seed, ch.n, extra, segments=extra), clock)[3]
         return sums, seconds
 
 
