@@ -110,6 +110,7 @@ class EnvironmentRefused(InvalidRequest):
 def sanitise(text: str, limit: int = MAX_REASON_CHARS) -> str:
     """Printable, one line, bounded: text from another party is shown, never trusted."""
     text = re.sub(r"file://\S+", "<local file>", str(text))
+    text = re.sub(r"(?<![\w.])(?:/[\w.+-]+){2,}/?", "<path>", text)  # the provider's file layout is its own
     text = re.sub(r"[^\x20-\x7e]+", " ", text).strip()
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
@@ -405,7 +406,12 @@ class EnvironmentBuilder:
             # The provider's site-packages after the venv's own: installed packages win, the rest is the base.
             layers = "".join(f"import site; site.addsitedir({p!r})\n" for p in _base_site_dirs())
             Path(purelib, "_gpumarket_base.pth").write_text(layers)
-            self._pip(str(python), ["install", "--quiet", "--no-deps", *installs])
+            try:
+                self._pip(str(python), ["install", "--quiet", "--no-deps", *installs])
+            except EnvironmentRefused as exc:  # resolved, yet would not install (a broken wheel, a failing build)
+                name, _, version = next((i for i in installs if i.split("==")[0] in exc.reason), "==").partition("==")
+                raise EnvironmentRefused(name, f"=={version}" if name else "", f"could not be installed: {exc.reason}") \
+                    from None
             _write_manifest(scratch, packages, installs)
             try:
                 os.rename(scratch, target)
@@ -440,7 +446,8 @@ def _contains(req: Requirement, version: str) -> bool:
 
 def _refusal_from_pip(stderr: str) -> EnvironmentRefused:
     """Name the package pip could not find or build; keep pip's own words, bounded."""
-    errors = [line.removeprefix("ERROR: ").strip() for line in stderr.splitlines() if line.startswith("ERROR:")]
+    lines = [line.strip() for line in stderr.splitlines() if line.strip()]
+    errors = [line.removeprefix("ERROR: ") for line in lines if line.startswith("ERROR:") and line != "ERROR: Exception:"]
     found = re.search(r"No matching distribution found for ([A-Za-z0-9._-]+)(\S*)", stderr)
     if found:
         seen = re.search(r"\(from versions: ([^)]*)\)", stderr)
@@ -448,7 +455,7 @@ def _refusal_from_pip(stderr: str) -> EnvironmentRefused:
         return EnvironmentRefused(canonicalize_name(found.group(1)), found.group(2),
                                   f"not available from this provider's package index{versions}")
     conflict = re.search(r"Cannot install (.+?) because", stderr)
-    reason = "; ".join(errors[-2:]) or "pip failed"
+    reason = "; ".join(errors[-2:]) or (lines[-1] if lines else "pip failed")  # a traceback ends with its error
     return EnvironmentRefused("", "", f"conflicting requirements ({conflict.group(1)}): {reason}" if conflict
                               else reason)
 

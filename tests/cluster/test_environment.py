@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -46,13 +47,29 @@ def _project(root: Path, name: str, version: str, dependencies: list[str] = ()) 
 
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory) -> Path:
-    """A find-links directory: gmtestpkg 1.2.3, and gmneedsmore, which needs a package the index lacks."""
+    """A find-links directory: gmtestpkg 1.2.3; gmneedsmore, which needs a package the index lacks;
+    and gmbroken, whose metadata reads fine (it resolves) but whose module fails its CRC (it will not install)."""
     root = tmp_path_factory.mktemp("projects")
     out = tmp_path_factory.mktemp("wheels")
-    projects = [_project(root, "gmtestpkg", "1.2.3"), _project(root, "gmneedsmore", "0.1", ["gmabsent>=1"])]
+    projects = [_project(root, "gmtestpkg", "1.2.3"), _project(root, "gmneedsmore", "0.1", ["gmabsent>=1"]),
+                _project(root, "gmbroken", "1.0")]
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-build-isolation", "--no-deps", "--no-index",
                     "-w", str(out), *map(str, projects)], check=True)
+    _corrupt(next(out.glob("gmbroken-*.whl")), b'__version__ = "1.0"')
     return out
+
+
+def _corrupt(wheel: Path, text: bytes) -> None:
+    """Store the wheel uncompressed, then change ``text`` in place: the zip's CRC no longer matches."""
+    with zipfile.ZipFile(wheel) as z:
+        members = [(info, z.read(info.filename)) for info in z.infolist()]
+    with zipfile.ZipFile(wheel, "w") as z:
+        for info, data in members:
+            info.compress_type = zipfile.ZIP_STORED
+            z.writestr(info, data)
+    raw = wheel.read_bytes()
+    assert raw.count(text) == 1
+    wheel.write_bytes(raw.replace(text, text.upper()))
 
 
 @pytest.fixture
@@ -238,3 +255,17 @@ def test_an_unbuildable_set_shows_the_provider_reason_and_moves_no_money(chain, 
     assert len(tenant.get_logs("LeaseCreated")) == leases_before
     [order] = tenant.get_logs("OrderClosed")[-1:]
     assert order["refunded"] > 0
+
+
+def test_a_provider_that_fails_to_build_after_the_lease_started_has_it_rejected_with_a_full_refund(chain, agent):
+    tenant = chain.client("tenant")
+    before = tenant.balance(), tenant.balance(tenant.market.address)
+    with pytest.raises(EnvironmentRefused) as refused:  # gmbroken passes the check, then fails to install
+        LeasedCluster(gpus=1, gpu="H100", max_price="3.00", hours=1, budget="5", market=tenant, window=3,
+                      packages=["gmbroken==1.0"])
+    assert str(refused.value).startswith(f"provider {agent.provider_id} cannot run this package set: gmbroken==1.0: "
+                                         "could not be installed: ")
+    assert "Bad CRC-32" in refused.value.reason and "(the new lease was rejected with a full refund)" in str(refused.value)
+    [rejected] = tenant.get_logs("LeaseRejected")
+    assert rejected["refunded"] == tenant.lease(rejected["leaseId"]).deposit
+    assert (tenant.balance(), tenant.balance(tenant.market.address)) == before  # to the base unit
