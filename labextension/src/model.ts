@@ -66,8 +66,12 @@ export class MarketModel {
     }
     this.busy = true;
     this.polls += 1;
+    const wasConnected = this.state.wallet?.connected === true;
     try {
       await Promise.all((all ? [...FAST, ...SLOW] : FAST).map(part => this.fetch(part)));
+      if (!all && !wasConnected && this.state.wallet?.connected) {
+        await Promise.all(SLOW.map(part => this.fetch(part))); // just connected: fill every section now
+      }
     } finally {
       this.busy = false;
     }

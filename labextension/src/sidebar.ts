@@ -212,7 +212,7 @@ export class MarketPanel extends Widget {
       'div',
       {},
       kv('Total cost', h('span', { 'data-testid': 'gpumarket-total-cost' }, fmt.format(total))),
-      spendChart(history.spend_series, fmt),
+      history.spend_series.length ? spendChart(history.spend_series, fmt) : null,
       rows.length
         ? table('gpumarket-history', ['Lease', 'GPUs · time', 'Cost', 'Refunded'], rows)
         : h('div', { class: 'jp-gpumarket-empty' }, 'No closed leases yet.')

@@ -58,10 +58,18 @@ def test_sidebar_lists_a_lease_and_its_release_button_refunds_on_chain(lab_marke
     expect(page.get_by_test_id("gpumarket-status")).to_have_text("GPU spend: —")
     save_screenshot(page, "lab-sidebar-no-devnet")
 
+    # The tenant also teaches: a class pool with one student's cap, shown in the instructor view.
+    pool, cap, student = 50 * 10**decimals, 20 * 10**decimals, Account.create().address
+    class_id = tenant.create_class(pool, approve=True).result
+    tenant.set_allowance(class_id, student, cap)
+
     record_devnet()  # as `gpumarket devnet up` would; the next poll connects
     expect(panel.get_by_test_id("gpumarket-address")).to_have_attribute("title", tenant.address)
     expect(panel.get_by_test_id("gpumarket-balance")).to_have_text(money(tenant.balance()))
     expect(page.get_by_test_id("gpumarket-status")).to_have_text("GPU spend: none")
+    students = panel.get_by_test_id(f"gpumarket-class-{class_id}")
+    expect(students).to_contain_text(f"pool {money(pool)}")
+    expect(students.locator(f'tr[data-student="{student}"]')).to_contain_text(f"{money(0)} / {money(cap)}")
 
     rented = lab.post("gpumarket/leases", {"gpus": 1, "gpu": "", "max_price": "3.00", "hours": 1})
     assert rented.status_code == 201, rented.text
