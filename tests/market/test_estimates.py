@@ -165,3 +165,24 @@ def test_offers_with_a_request_shows_the_estimate(shell):
     assert "estimate for 2 GPU(s) matching 'H100' for 1.5 h:" in out.stdout
     assert "matching providers: 1 with 8 GPUs" in out.stdout
     assert "estimated cost: 8.40 TUSD for 1.5 h" in out.stdout
+
+
+def test_dry_run_shows_the_package_set_from_the_notebook_and_refuses_bad_ones(shell, tmp_path):
+    import importlib.metadata
+
+    from IPython.core.error import UsageError
+
+    ip, session, _ = shell
+    client = session.client
+    nonce = client.w3.eth.get_transaction_count(client.address)
+    ip.run_cell("import yaml")
+    lock = tmp_path / "requirements.txt"
+    lock.write_text("gmtestpkg==1.2.3  # pinned\n")
+    with capture_output() as out:
+        ip.run_cell_magic("gpurent", f"--gpus 1 --gpu H100 --dry-run --packages auto --requirements {lock}", "x = 1")
+    [line] = [x for x in out.stdout.splitlines() if x.startswith("packages for the workers: ")]
+    assert {"gmtestpkg==1.2.3", f"pyyaml=={importlib.metadata.version('PyYAML')}"} <= set(line.split()[4:])
+    assert not any(p.startswith(("ipython==", "jupyter-gpumarket==")) for p in line.split())  # kernel machinery
+    with pytest.raises(UsageError, match="direct URLs are not accepted; name a version from the package index"):
+        ip.run_cell_magic("gpurent", "--gpus 1 --dry-run --packages 'evil@https://example.org/x.whl'", "x = 1")
+    assert client.w3.eth.get_transaction_count(client.address) == nonce
