@@ -60,8 +60,7 @@ class MarketHandler(APIHandler):
         try:
             result = await asyncio.to_thread(method, *args)
         except GpuMarketError as exc:
-            self.set_status(status_of(exc))
-            self.finish(json.dumps({"error": str(exc), "type": category_of(exc)}))
+            self.refuse(exc)
             return
         except Exception:
             self.log.exception("gpumarket: %s %s failed", self.request.method, self.request.path)
@@ -70,6 +69,11 @@ class MarketHandler(APIHandler):
             return
         self.set_status(status)
         self.finish(json.dumps(result))
+
+    def refuse(self, exc: GpuMarketError) -> None:
+        """Answer with the error's own message (written for users) and its category's status."""
+        self.set_status(status_of(exc))
+        self.finish(json.dumps({"error": str(exc), "type": category_of(exc)}))
 
     def json_body(self) -> dict:
         """The request body as a JSON object, or InvalidRequest saying what to send."""
@@ -110,8 +114,7 @@ class LeasesHandler(MarketHandler):
         try:
             body = self.json_body()
         except InvalidRequest as exc:
-            self.set_status(400)
-            self.finish(json.dumps({"error": str(exc), "type": "InvalidRequest"}))
+            self.refuse(exc)
             return
         await self.answer(self.manager.rent, body, status=201)
 
