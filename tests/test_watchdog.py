@@ -21,7 +21,7 @@ import pytest
 from jupyter_gpumarket.spec import DealStatus, accrued
 
 GPU = "H100|A100|4090"
-POLICY = {"gpumarket.idle-timeout": 10, "gpumarket.warn-before": 6, "gpumarket.watchdog-interval": 0.5,
+POLICY = {"gpumarket.idle-timeout": 8, "gpumarket.warn-before": 5, "gpumarket.watchdog-interval": 0.5,
           "gpumarket.holder-interval": 1, "gpumarket.window": 4}
 
 
@@ -113,7 +113,8 @@ def test_a_killed_kernel_is_released_by_the_watchdog_and_settled_to_the_base_uni
     provider = next(role for role, a in net.info.addresses.items() if a == tenant.provider(lease.provider_id).owner)
     assert tenant.balance(net.info.addresses[provider]) - before[provider] == owed
     assert before["tenant"] - tenant.balance() == owed  # the tenant got the rest back
-    (released,) = [n for n in notices(home, "released") if n["lease_id"] == lease_id]
+    (released,) = wait_for(lambda: [n for n in notices(home, "released") if n["lease_id"] == lease_id], 60,
+                           "the watchdog's release notice")  # posted right after the close
     assert "notebook gone" in released["message"]
 
 
@@ -131,12 +132,14 @@ def test_an_idle_lease_is_warned_about_in_the_notebook_and_its_checkpoint_pulled
         with capture_output():
             shell.run_cell_magic(
                 "gpurent", f"--gpus 1 --gpu '{GPU}' --max-price 3.00 --hours 1 --budget 5",
-                "from distributed import get_client\nfrom workflows.finetune import finetune\n"
-                "trained = finetune(get_client(), steps=32, sync_every=16)")
+                "from distributed import get_client\nfrom workflows.finetune import SyntheticTask, finetune\n"
+                "tiny = SyntheticTask(n_train=512, n_test=128, hidden=16, depth=1)\n"
+                "trained = finetune(get_client(), tiny, steps=8, sync_every=4, batch_size=16)")
         (lease_id,) = [lease for c in session.clusters for lease in c.leaser.leases]
         trained = shell.user_ns["trained"]
         with capture_output() as later:  # the next cells' output area, while the notebook sits idle
-            warning = wait_for(lambda: notices(home, "idle-warning"), 120, "the idle warning")[0]
+            (warning,) = wait_for(lambda: [n for n in notices(home, "idle-warning") if n["lease_id"] == lease_id],
+                                  120, "the idle warning")
             # The checkpoint is on the tenant's disk while the lease is still open...
             assert session.client.lease(lease_id).status == DealStatus.ACTIVE
             with open(warning["checkpoint"], "rb") as f:
