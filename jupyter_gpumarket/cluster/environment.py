@@ -278,6 +278,9 @@ class EnvironmentBuilder:
     timeout: float = 600.0
     _locks: dict[str, threading.Lock] = field(default_factory=dict, repr=False)
     _guard: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Answers to check(), by cache key: the control endpoint is open to anyone, so one pip run per set.
+    _answers: dict[str, list[str] | EnvironmentRefused] = field(default_factory=dict, repr=False)
+    _resolving: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __post_init__(self) -> None:
         self.cache_dir = Path(self.cache_dir)
@@ -367,10 +370,29 @@ class EnvironmentBuilder:
         return [f"{name}=={version}" for name, version in installs]
 
     def check(self, packages: PackageSet) -> list[str]:
-        """Whether this provider can run ``packages``: what it would install, or EnvironmentRefused."""
+        """Whether this provider can run ``packages``: what it would install, or EnvironmentRefused.
+
+        Answers are remembered per set (at most 256) and pip resolves one set at a time.
+        """
         missing = self.missing(packages)
-        built = _read_manifest(Path(self.cache_dir) / self.cache_key(packages)) if missing else None
-        return list(built["installed"]) if built else self.resolve(missing)
+        if not missing:
+            return []
+        key = self.cache_key(packages)
+        built = _read_manifest(Path(self.cache_dir) / key)
+        if built:
+            return list(built["installed"])
+        with self._resolving:
+            if key not in self._answers:
+                try:
+                    self._answers[key] = self.resolve(missing)
+                except EnvironmentRefused as exc:
+                    self._answers[key] = exc
+                while len(self._answers) > 256:
+                    self._answers.pop(next(iter(self._answers)))
+            answer = self._answers[key]
+        if isinstance(answer, EnvironmentRefused):
+            raise EnvironmentRefused(answer.package, answer.wanted, answer.reason)
+        return list(answer)
 
     # -- building ------------------------------------------------------------------------
 
@@ -388,7 +410,12 @@ class EnvironmentBuilder:
             if recorded is not None:
                 return Environment(packages.digest, str(_venv_python(target)), tuple(recorded["installed"]), True)
             installs = self.resolve(missing)
-            return Environment(packages.digest, str(self._build(target, packages, installs)), tuple(installs))
+            try:
+                python = self._build(target, packages, installs)
+            except EnvironmentRefused as exc:
+                self._answers[key] = exc  # later checks refuse at once instead of leasing to fail again
+                raise
+            return Environment(packages.digest, str(python), tuple(installs))
 
     def cache_key(self, packages: PackageSet) -> str:
         base = json.dumps(self.runtime_versions(), sort_keys=True).encode()

@@ -269,3 +269,5 @@ def test_a_provider_that_fails_to_build_after_the_lease_started_has_it_rejected_
     [rejected] = tenant.get_logs("LeaseRejected")
     assert rejected["refunded"] == tenant.lease(rejected["leaseId"]).deposit
     assert (tenant.balance(), tenant.balance(tenant.market.address)) == before  # to the base unit
+    with pytest.raises(EnvironmentRefused, match="could not be installed"):  # the next tenant is refused up front
+        agent.environments.check(PackageSet.parse(["gmbroken==1.0"]))
