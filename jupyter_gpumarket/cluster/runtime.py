@@ -207,8 +207,6 @@ class LeaseRuntime:
         self.extra_plugins = tuple(plugins)  # e.g. a devnet-only SimulatedBehaviour
         self.use_cuda = _cuda_available() if use_cuda is None else use_cuda
         self.python = python  # None: workers in this process; else processes of this interpreter
-        if python is not None and self.use_cuda:
-            raise InvalidRequest("a custom worker environment is not supported with dask_cuda workers yet")
         self._given_scheduler = scheduler_address
         self._scheduler: Scheduler | None = None
         self._workers: list[Any] = []  # Worker, Nanny (one per GPU) with dask_cuda, or _WorkerProcess
@@ -367,8 +365,16 @@ class LeaseRuntime:
             validate=False,
         )
         if self.python is not None:
+            # On GPUs each process gets its device and dask_cuda's preload, as the nannies below do.
+            if self.use_cuda:
+                from dask_cuda.utils import cuda_visible_devices  # optional; GPU providers only
+
             new = [
-                _WorkerProcess(self.python, self.scheduler_address, f"lease-{self.lease_id}-gpu-{i}", common)
+                _WorkerProcess(
+                    self.python, self.scheduler_address, f"lease-{self.lease_id}-gpu-{i}",
+                    {**common, "preload": ["dask_cuda.initialize"]} if self.use_cuda else common,
+                    env={"CUDA_VISIBLE_DEVICES": cuda_visible_devices(i)} if self.use_cuda else {},
+                )
                 for i in range(self.gpus)
             ]
         elif self.use_cuda:
@@ -415,8 +421,10 @@ class _WorkerProcess:
     only this agent writes and the child reads; the child writes its address back.
     """
 
-    def __init__(self, python: str, scheduler: str, name: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, python: str, scheduler: str, name: str, kwargs: dict[str, Any],
+                 env: dict[str, str] | None = None) -> None:
         self.python = python
+        self.env = env or {}
         self.scheduler = scheduler
         self.name = name
         self.kwargs = kwargs
@@ -441,6 +449,7 @@ class _WorkerProcess:
             self._process = await asyncio.create_subprocess_exec(
                 self.python, "-m", "jupyter_gpumarket.cluster.runtime", str(root / "spec.pkl"),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=asyncio.subprocess.STDOUT,
+                env={**os.environ, **self.env},
             )
         finally:
             log.close()
