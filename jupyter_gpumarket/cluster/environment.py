@@ -336,8 +336,9 @@ class EnvironmentBuilder:
             name = canonicalize_name(req.name)
             have = self.installed_version(name)
             satisfied = have is not None and _contains(req, have)
-            if name in RUNTIME_PACKAGES and have is not None and not satisfied:
-                raise EnvironmentRefused(name, str(req.specifier), f"this provider's workers run {name} {have}; "
+            if name in RUNTIME_PACKAGES and not satisfied:  # the scheduler runs the base: workers cannot differ
+                runs = f"{name} {have}" if have else f"no {name}"
+                raise EnvironmentRefused(name, str(req.specifier), f"this provider's workers run {runs}; "
                                          "Dask's version check needs the same version on client, scheduler and workers")
             if not satisfied:
                 missing.append(text)
