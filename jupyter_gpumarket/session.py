@@ -188,11 +188,16 @@ class Session:
         """Base units tied up by live clusters, rents under way, and what closed leases cost."""
         with self._lock:
             live = sum(c.leaser.committed for c in self.clusters)
-            return live + self._reserved + sum(r.cost for r in self.receipts)
+            return live + self._reserved + self._closed_elsewhere_cost()
 
     def spent(self) -> int:
         with self._lock:
-            return sum(c.spent() for c in self.clusters) + sum(r.cost for r in self.receipts)
+            return sum(c.spent() for c in self.clusters) + self._closed_elsewhere_cost()
+
+    def _closed_elsewhere_cost(self) -> int:
+        """Cost of settled leases not already counted by a live cluster's own receipts."""
+        counted = {r.lease_id for c in self.clusters for r in c.leaser.receipts}
+        return sum(r.cost for r in self.receipts if r.lease_id not in counted)
 
     def remaining(self) -> int | None:
         return None if self.budget is None else self.budget - self.committed()
@@ -405,6 +410,23 @@ class Session:
             self.store.settle_lease(self.client.chain_id, self.client.market.address, lease_id,
                                     {**receipt.__dict__, "tx_hashes": list(receipt.tx_hashes)})
         return receipt
+
+    def settle_closed(self, cluster_name: str) -> list[Receipt]:
+        """Bring this session's view of a cluster in line after its leases were closed elsewhere
+        (the watchdog, the sidebar): closed leases are settled without a transaction, and a
+        cluster left with none is dropped. Returns the receipts of the leases settled here."""
+        with self._lock:
+            cluster = next((c for c in self.clusters if c.name == cluster_name), None)
+        if cluster is None:
+            return []
+        closed = [i for i in list(cluster.leaser.leases) if self.client.lease(i).status != DealStatus.ACTIVE]
+        receipts = [cluster.leaser.release(i) for i in closed]  # no transaction: the chain says closed
+        with self._lock:
+            self.receipts.extend(receipts)
+            if not cluster.leaser.leases:
+                self.clusters.remove(cluster)
+                cluster.close()
+        return receipts
 
     # -- looking around -------------------------------------------------------------------
 

@@ -148,6 +148,11 @@ def test_an_idle_lease_is_warned_about_in_the_notebook_and_its_checkpoint_pulled
             wait_for(lambda: "will be released in" in later.stdout, 60, "the warning in the output")
             wait_for(lambda: session.client.lease(lease_id).status == DealStatus.CLOSED, 120, "the idle release")
             wait_for(lambda: "was released by the watchdog (idle" in later.stdout, 60, "the release notice")
+        # The notebook settles its view: no transaction, the cluster dropped, the meter exact.
+        wait_for(lambda: not session.clusters, 60, "the notebook to drop the released cluster")
+        (receipt,) = [r for r in session.receipts if r.lease_id == lease_id]
+        assert receipt.paid_to_provider + receipt.fee + receipt.refunded == session.client.lease(lease_id).deposit
+        assert session.meter()["committed"] == session.meter()["spent"] == receipt.cost
         shown = later.stdout
         assert shown.index("will be released in") < shown.index("was released by the watchdog")
         assert f"checkpoints/{lease_id}/finetune.pt" in shown

@@ -74,7 +74,8 @@ class GpuMarketMagics(Magics):
         if self._parse(self.gpurent, line).dry_run:
             return self._call(lambda: print(self._dry_run(session, request)))
         cluster = self._call(lambda: self._cluster_for(session, request))
-        self._notices = self._notices if self._notices and self._notices.session is session else NoticeWatcher(session)
+        if self._notices is None or self._notices.session is not session:
+            self._notices = NoticeWatcher(session, on_released=self._released_elsewhere)
         self._notices.start()
         client = self._client_for(cluster)
         started, started_wall = time.monotonic(), int(time.time())
@@ -318,6 +319,13 @@ class GpuMarketMagics(Magics):
         card = self._cards.pop(name, None)
         if card is not None:
             card.stop()
+
+    def _released_elsewhere(self, name: str) -> None:
+        """The watchdog released this cluster's leases: settle them here and drop its client."""
+        session = self._session()
+        session.settle_closed(name)
+        if all(c.name != name for c in session.clusters):
+            self._close_client(name)
 
     def _release_cluster(self, cluster) -> None:
         self._close_client(cluster.name)

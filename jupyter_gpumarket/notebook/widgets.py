@@ -257,12 +257,15 @@ class NoticeWatcher:
 
     A daemon thread polls the lease store every ``interval`` seconds; each new notice
     is shown once (``show``: printed into the output of the cell that started the
-    watcher, by default) and marked shown in the store.
+    watcher, by default) and marked shown in the store; after a release,
+    ``on_released(cluster name)`` lets the notebook tidy up its client and cluster.
     """
 
-    def __init__(self, session, show: Callable[[dict], None] | None = None, interval: float = 1.0) -> None:
+    def __init__(self, session, show: Callable[[dict], None] | None = None, interval: float = 1.0,
+                 on_released: Callable[[str], None] | None = None) -> None:
         self.session = session
         self.show = show or self.print_notice
+        self.on_released = on_released  # called with the cluster's name once its leases were released
         self.interval = interval
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -290,6 +293,8 @@ class NoticeWatcher:
                 continue
             self.show(notice)
             store.update_notice(notice["id"], shown=True)
+            if notice["kind"] == "released" and self.on_released is not None:
+                self.on_released(notice["cluster"])
         return fresh
 
     def _poll(self) -> None:
