@@ -3,6 +3,9 @@
  *
  * Wallet, leases and budget are polled every `fastMs`; offers, history and the
  * classroom every `slowEvery` polls (they change rarely and cost chain calls).
+ * While the sidebar is closed only the leases are polled (the status bar needs
+ * the spend rate), and nothing while the browser tab is hidden: a hosted
+ * JupyterLab with a whole class open should not flood the chain.
  * Each part keeps its own error text, so one failing endpoint does not blank
  * the others.
  *
@@ -40,6 +43,8 @@ export class MarketModel {
   private timer: number | undefined;
   private polls = 0;
   private busy = false;
+  private detailed = false;
+  private pendingAll = false;
 
   constructor(
     readonly api: MarketApi,
@@ -50,7 +55,19 @@ export class MarketModel {
   start(): void {
     if (this.timer === undefined) {
       void this.refresh(true);
-      this.timer = window.setInterval(() => void this.refresh(this.polls % this.slowEvery === 0), this.fastMs);
+      this.timer = window.setInterval(() => {
+        if (!document.hidden) {
+          void this.refresh(this.detailed && this.polls % this.slowEvery === 0);
+        }
+      }, this.fastMs);
+    }
+  }
+
+  /** Whether the sidebar is showing: it needs every part, the status bar only the leases. */
+  setDetailed(detailed: boolean): void {
+    this.detailed = detailed;
+    if (detailed) {
+      void this.refresh(true);
     }
   }
 
@@ -59,23 +76,29 @@ export class MarketModel {
     this.timer = undefined;
   }
 
-  /** Fetch the fast parts, and the slow ones too when `all`; skipped while a poll is running. */
+  /** Fetch the fast parts, and the slow ones too when `all` (queued if a poll is running). */
   async refresh(all = false): Promise<void> {
     if (this.busy) {
+      this.pendingAll = this.pendingAll || all;
       return;
     }
     this.busy = true;
     this.polls += 1;
     const wasConnected = this.state.wallet?.connected === true;
     try {
-      await Promise.all((all ? [...FAST, ...SLOW] : FAST).map(part => this.fetch(part)));
-      if (!all && !wasConnected && this.state.wallet?.connected) {
+      const fast = this.detailed || all ? FAST : (['leases'] as Part[]);
+      await Promise.all((all ? [...fast, ...SLOW] : fast).map(part => this.fetch(part)));
+      if (!all && this.detailed && !wasConnected && this.state.wallet?.connected) {
         await Promise.all(SLOW.map(part => this.fetch(part))); // just connected: fill every section now
       }
     } finally {
       this.busy = false;
     }
     this.changed.emit();
+    if (this.pendingAll) {
+      this.pendingAll = false;
+      await this.refresh(true);
+    }
   }
 
   async release(leaseId: number): Promise<IReceipt | undefined> {

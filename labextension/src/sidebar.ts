@@ -50,13 +50,15 @@ export class MarketPanel extends Widget {
     model.changed.connect(this.render, this);
   }
 
-  protected onAfterAttach(): void {
-    this.model.start();
+  protected onAfterShow(): void {
+    this.model.setDetailed(true);
     this.render();
+    window.clearInterval(this.ticker);
     this.ticker = window.setInterval(() => this.leases.tick(), 1000);
   }
 
-  protected onBeforeDetach(): void {
+  protected onAfterHide(): void {
+    this.model.setDetailed(false);
     window.clearInterval(this.ticker);
   }
 
