@@ -1,6 +1,7 @@
 /**
- * The active leases: one keyed card per lease (narrow sidebars fit no wide table), so a poll or a tick
- * updates text in place and never replaces a Release button under the mouse.
+ * The active leases: one keyed card per lease (a narrow sidebar fits no wide
+ * table), so a poll or a tick updates text in place and never replaces a
+ * Release button under the mouse.
  * Spend ticks every second from the price and the time since the last poll;
  * the next poll brings the chain's figure back.
  */
@@ -17,7 +18,7 @@ interface IRow {
   button: HTMLButtonElement;
 }
 
-export class LeaseTable {
+export class LeaseList {
   readonly node: HTMLElement;
   private readonly body: HTMLElement;
   private readonly rows = new Map<number, IRow>();
@@ -27,7 +28,7 @@ export class LeaseTable {
     this.node = h('div', { class: 'jp-gpumarket-leases', 'data-testid': 'gpumarket-leases' }, this.body);
   }
 
-  /** Match rows to the polled leases: add new ones, drop closed ones, refresh the rest. */
+  /** Match cards to the polled leases: add new ones, drop closed ones, refresh the rest. */
   update(): void {
     const leases = this.model.state.leases?.leases ?? [];
     const live = new Set(leases.map(l => l.lease));

@@ -11,7 +11,7 @@ import { Widget } from '@lumino/widgets';
 import { spendChart } from './chart';
 import { classroomView } from './classroom';
 import { duration, h, shortAddress, table } from './dom';
-import { LeaseTable } from './leases';
+import { LeaseList } from './leases';
 import type { MarketModel, Part } from './model';
 import { TokenFormat } from './money';
 
@@ -23,7 +23,7 @@ interface ISection {
 }
 
 export class MarketPanel extends Widget {
-  private readonly leases: LeaseTable;
+  private readonly leases: LeaseList;
   private readonly sections = new Map<string, ISection>();
   private readonly notice: HTMLElement;
   private readonly rate: HTMLElement;
@@ -34,7 +34,7 @@ export class MarketPanel extends Widget {
     this.id = PANEL_ID;
     this.addClass('jp-gpumarket-panel');
     this.node.setAttribute('data-testid', 'gpumarket-panel');
-    this.leases = new LeaseTable(model);
+    this.leases = new LeaseList(model);
     this.notice = h('div', { class: 'jp-gpumarket-notice', 'data-testid': 'gpumarket-notice', role: 'status' });
     this.rate = h('span', { class: 'jp-gpumarket-rate', 'data-testid': 'gpumarket-rate' });
     this.node.append(
