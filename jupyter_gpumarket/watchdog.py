@@ -262,9 +262,14 @@ class Watchdog:
                 self._stop.wait(self.policy.interval)
             return 0
         finally:
-            for watch in self._watches.values():
-                if watch.probe is not None:
-                    watch.probe.close()
+            self.close()
+
+    def close(self) -> None:
+        """Drop the connections to the clusters' schedulers."""
+        for watch in self._watches.values():
+            if watch.probe is not None:
+                watch.probe.close()
+                watch.probe = None
 
     def _devnet_gone(self) -> bool:
         """A devnet that was shut down (its file removed) will not come back: nothing left to watch."""

@@ -162,3 +162,31 @@ def test_an_idle_lease_is_warned_about_in_the_notebook_and_its_checkpoint_pulled
         if magics._notices is not None:
             magics._notices.stop()
         shell.run_line_magic("gpumarket", "release all")
+
+
+def test_a_lease_past_its_duration_is_released_and_refunded_at_once(market):
+    """Runs last: it moves the chain's clock forward."""
+    from jupyter_gpumarket.session import RentRequest, Session
+    from jupyter_gpumarket.watchdog import Watchdog, WatchdogPolicy
+
+    net, _ = market
+    with dask.config.set({"gpumarket.watchdog": False}):  # this test drives the watchdog itself
+        session = Session.connect(devnet=True)
+        cluster = session.rent(RentRequest(gpus=1, gpu=GPU, max_price=3_000_000, hours=0.5, budget=5_000_000,
+                                           window=4), reuse=False)
+    dog = Watchdog(session, WatchdogPolicy(idle_timeout=600, warn_before=60, interval=1))
+    try:
+        (lease_id,) = cluster.leaser.leases
+        lease = session.client.lease(lease_id)
+        assert dog.tick() and not dog.log  # a live, attended lease within its time: left alone
+        net.mine(lease.ends_at + 5)  # the chain's clock passes the lease's end
+        dog.tick()
+        assert dog.log == [f"lease {lease_id}: released (its duration is over)"]
+        (closed,) = session.client.get_logs("LeaseClosed", leaseId=lease_id)
+        withdrawn = sum(w["amount"] for w in session.client.get_logs("PaymentWithdrawn", leaseId=lease_id))
+        owed = accrued(lease.price_per_gpu_hour, lease.gpus, lease.ends_at - lease.started_at)  # not a second more
+        assert closed["paid"] + withdrawn == owed and closed["refunded"] == lease.deposit - owed
+    finally:
+        dog.close()
+        session.settle_closed(cluster.name)
+        session.close()

@@ -158,3 +158,16 @@ def test_two_kernels_never_commit_beyond_the_account_cap(market_net, home):
             k.wait(timeout=120)
             k.stdout.close()
     assert client.lease(lease_id).status.name == "CLOSED"
+
+
+def test_the_budget_meter_widget_shows_spent_committed_and_remaining(market_net, home):
+    from jupyter_gpumarket.notebook.widgets import BudgetMeter
+
+    session = Session.connect(devnet=True)
+    session.set_budget("2.50")
+    session.account_cap = 4_000_000
+    meter = BudgetMeter(session, use_widgets=True)
+    assert (meter.bar.max, meter.bar.value) == (2_500_000, 0)
+    cells = [cell.split(">")[-1] for cell in meter.html.value.split("</td>")]
+    assert cells[:5] == ["session", "0.00 TUSD", "0.00 TUSD", "2.50 TUSD", "2.50 TUSD"]
+    assert cells[5:9] == ["account (all kernels)", "", "0.00 TUSD", "4.00 TUSD"]
