@@ -8,8 +8,11 @@ idle timeout; lease history, watchdog lock and checkpoints live in a home of thi
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -67,6 +70,34 @@ def notices(home, kind: str) -> list[dict]:
     return [n for n in LeaseStore(home / "history.sqlite").notices() if n["kind"] == kind]
 
 
+def test_an_old_history_database_is_migrated_and_counts_towards_the_account_cap(tmp_path):
+    """A store written before the watchdog existed opens, gains the new tables and columns,
+    and its settled cost (from the receipt JSON) counts towards the account cap."""
+    from jupyter_gpumarket.history import LeaseStore
+
+    path = tmp_path / "history.sqlite"
+    with sqlite3.connect(path) as db:
+        db.executescript("""
+            CREATE TABLE clusters (name TEXT PRIMARY KEY, chain_id INTEGER, market TEXT, tenant TEXT, ca_path TEXT,
+                scheduler TEXT, request TEXT, created REAL, state TEXT DEFAULT 'live');
+            CREATE TABLE leases (chain_id INTEGER, market TEXT, lease_id INTEGER, cluster TEXT, order_id INTEGER,
+                provider_id INTEGER, endpoint TEXT, hosts_scheduler INTEGER, gpus INTEGER, price INTEGER,
+                deposit INTEGER, started_at INTEGER, provider_fingerprint TEXT, tenant_ca_fingerprint TEXT,
+                state TEXT DEFAULT 'live', receipt TEXT, updated REAL, PRIMARY KEY (chain_id, market, lease_id));
+            INSERT INTO clusters VALUES ('c1', 31337, '0xM', '0xT', '/ca', 'tls://h:1', '{}', 0, 'live');
+            INSERT INTO leases VALUES (31337, '0xM', 1, 'c1', 1, 0, 'http://h', 1, 1, 2000000, 2000000, 0, 'a', 'b',
+                'settled', '{"paid_to_provider": 1234567, "fee": 3, "refunded": 765430}', 9e9);
+            INSERT INTO leases VALUES (31337, '0xM', 2, 'c1', 2, 0, 'http://h', 1, 1, 2000000, 1500000, 0, 'a', 'b',
+                'live', NULL, 9e9);
+        """)
+    store = LeaseStore(path)
+    assert store.lease(31337, "0xM", 1)["cost"] == 1_234_570
+    assert store.account_committed(31337, "0xM", "0xT", since=0) == 1_234_570 + 1_500_000
+    assert store.reserve(chain_id=31337, market="0xM", tenant="0xT", amount=1, cap=2_734_570, since=0)[0] is None
+    store.touch_holder("c1")
+    assert store.holder("c1")["pid"] == os.getpid()
+
+
 KERNEL = textwrap.dedent("""
     import time
     from distributed import Client
@@ -116,6 +147,12 @@ def test_a_killed_kernel_is_released_by_the_watchdog_and_settled_to_the_base_uni
     (released,) = wait_for(lambda: [n for n in notices(home, "released") if n["lease_id"] == lease_id], 60,
                            "the watchdog's release notice")  # posted right after the close
     assert "notebook gone" in released["message"]
+    # `gpumarket watchdog status` lists what it did, for a user who comes back later.
+    from jupyter_gpumarket.cli import main
+
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        assert main(["watchdog", "status", "--devnet", "--state-dir", str(net.state_dir)]) == 0
+    assert f"[released, open] lease {lease_id} was released by the watchdog (notebook gone" in out.getvalue()
 
 
 def test_an_idle_lease_is_warned_about_in_the_notebook_and_its_checkpoint_pulled_before_release(market):
