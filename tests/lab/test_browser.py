@@ -5,7 +5,8 @@ JupyterLab runs as a subprocess from a fresh install of this checkout's wheel
 API), pointed at the session devnet (rolled back after the test) with one
 provider agent bidding. Chromium opens the sidebar; it first says what to start
 while no devnet is recorded, then connects once one is; a lease is made through
-the REST API and released by clicking its button.
+the REST API and released by clicking its button, a second one by the command
+palette's "release all".
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ def lab_market(chain, fresh_install, tmp_path):
         chain.stop_agents()  # before the chain fixture rolls the devnet back
 
 
-def test_sidebar_lists_a_lease_and_its_release_button_refunds_on_chain(lab_market, page):
+def test_sidebar_lists_a_lease_and_release_refunds_on_chain_by_button_and_by_palette(lab_market, page):
     net, lab, record_devnet = lab_market
     tenant = net.client("tenant")
     decimals, symbol = tenant.token_decimals(), tenant.token_symbol()
@@ -85,12 +86,6 @@ def test_sidebar_lists_a_lease_and_its_release_button_refunds_on_chain(lab_marke
         f"GPU spend: {money(lease.price_per_gpu_hour * lease.gpus)}/h")
     save_screenshot(page, "lab-sidebar-lease-listed")
 
-    # The palette offers the release-all command.
-    page.keyboard.press("Control+Shift+C")
-    page.locator(".lm-CommandPalette-input").fill("release all")
-    expect(page.locator(".lm-CommandPalette-item", has_text="GPU market: release all leases")).to_be_visible()
-    page.keyboard.press("Escape")
-
     before = tenant.balance()
     row.get_by_test_id(f"gpumarket-release-{lease_id}").click()
     notice = panel.get_by_test_id("gpumarket-notice")
@@ -108,6 +103,22 @@ def test_sidebar_lists_a_lease_and_its_release_button_refunds_on_chain(lab_marke
     assert event["refunded"] > 0
     assert tenant.balance() - before == event["refunded"]
     expect(notice).to_contain_text(f"refunded {money(event['refunded'])}")
+
+    # A second lease, closed from the command palette's "release all".
+    rented = lab.post("gpumarket/leases", {"gpus": 1, "max_price": "3.00", "hours": 1})
+    assert rented.status_code == 201, rented.text
+    (second,) = rented.json()["lease_ids"]
+    expect(panel.get_by_test_id(f"gpumarket-lease-{second}")).to_be_visible()
+    before = tenant.balance()
+    page.keyboard.press("Control+Shift+C")
+    page.locator(".lm-CommandPalette-input").fill("release all")
+    page.locator(".lm-CommandPalette-item", has_text="GPU market: release all leases").click()
+    page.locator(".jp-Dialog").get_by_role("button", name="Release all").click()
+    expect(notice).to_contain_text("Released 1 lease(s)")
+    assert tenant.lease(second).status == DealStatus.CLOSED
+    (event,) = tenant.get_logs("LeaseClosed", leaseId=second)
+    assert tenant.balance() - before == event["refunded"] > 0
+    expect(notice).to_have_text(f"Released 1 lease(s); refunded {money(event['refunded'])}.")
     paid = sum(w["amount"] for w in tenant.get_logs("PaymentWithdrawn", leaseId=lease_id)) + event["paid"]
     assert paid + event["fee"] + event["refunded"] == closed.deposit
 
