@@ -40,7 +40,7 @@ claimed (DESIGN.md, flow step 6 and "Verification"). For each worker:
    inventory round trip, so a worker cannot claim to be faster than it is (on
    CPU devnets see the calibration below). Each worker
    runs ``rounds`` rounds (more, up to ``max_rounds``, while the verdict is
-   within 15 % of the threshold) and the fastest round counts (robust to a
+   within 30 % of the threshold) and the fastest round counts (robust to a
    transient stall); ``flops = 2 * n**3 * reps``. The worker fails when
    ``measured < tolerance * expected``, with the figures in the reason.
 
@@ -137,7 +137,7 @@ from .challenge import (  # noqa: F401  (re-exported: the worker side of attesta
     verify_rows,
 )
 
-_MARGIN = 1.15  # verdicts within this factor of the tolerance get more rounds
+_MARGIN = 1.3  # verdicts within this factor of the tolerance get more rounds
 _MEMORY_SLACK = 0.93
 
 
@@ -422,8 +422,8 @@ def attest_lease(
     claim_memory_gib: float | None = None,
     timeout: float = 10.0,
     rounds: int = 4,
-    max_rounds: int = 8,
-    round_seconds: float = 0.05,
+    max_rounds: int = 12,
+    round_seconds: float = 0.1,
     sample_rows: int = 16,
     cpu_reference_tflops: float | None = None,
     cpu_max_n: int = CPU_MAX_N,

@@ -28,6 +28,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from threadpoolctl import threadpool_limits
 
 from ..errors import InvalidRequest
+from .hashing import encode_key
 
 BEHAVIOUR_PLUGIN = "gpu_behaviour"
 
@@ -340,20 +341,47 @@ class SimulatedBehaviour(WorkerPlugin):
     ``throughput=0.5`` does the work of each challenge twice (a provider claiming twice
     what it has: its CPU time per challenge doubles, and so does its wall time);
     ``wrong_rows=f`` replaces a fraction ``f`` of the returned row sums with made-up
-    numbers (a provider skipping work).
+    numbers (a provider skipping work); ``wrong_tasks=f`` returns a wrong result (a
+    number or numeric array off by one) for a fraction ``f`` of the tasks, chosen by
+    key, and signs it in its execution receipts as a cheater would.
     Install with ``Worker(plugins={SimulatedBehaviour(...)})``, or on one worker
     with ``client.run(simulate_behaviour, throughput=0.5, workers=[addr])``.
     """
 
     name = BEHAVIOUR_PLUGIN
 
-    def __init__(self, throughput: float = 1.0, wrong_rows: float = 0.0):
+    def __init__(self, throughput: float = 1.0, wrong_rows: float = 0.0, wrong_tasks: float = 0.0):
         if not (0.0 < throughput <= 1.0):
             raise InvalidRequest(f"throughput must be in (0, 1], got {throughput!r}")
-        if not (0.0 <= wrong_rows <= 1.0):
-            raise InvalidRequest(f"wrong_rows must be in [0, 1], got {wrong_rows!r}")
+        for name, value in (("wrong_rows", wrong_rows), ("wrong_tasks", wrong_tasks)):
+            if not (0.0 <= value <= 1.0):
+                raise InvalidRequest(f"{name} must be in [0, 1], got {value!r}")
         self.throughput = float(throughput)
         self.wrong_rows = float(wrong_rows)
+        self.wrong_tasks = float(wrong_tasks)
+        self._workers: list = []
+        self._tampered: set = set()
+
+    def setup(self, worker) -> None:
+        self._workers.append(worker)
+
+    def transition(self, key, start, finish, **kwargs) -> None:
+        if self.wrong_tasks > 0 and finish == "memory" and start in ("executing", "long-running"):
+            worker = next((w for w in self._workers if key in w.data), None)
+            if worker is not None:
+                self.tamper(worker, key)
+
+    def tamper(self, worker, key) -> None:
+        """Replace the result of task ``key`` on ``worker`` if it is one of the chosen wrong ones (once)."""
+        if self.wrong_tasks <= 0 or key in self._tampered:
+            return
+        pick = int.from_bytes(hashlib.sha256(encode_key(key)).digest()[:8], "big") / 2**64
+        if pick >= self.wrong_tasks:
+            return
+        wrong = _off_by_one(worker.data[key])
+        if wrong is not None:
+            self._tampered.add(key)
+            worker.data[key] = wrong
 
     def apply(self, ch: Challenge, sums: np.ndarray, clock, seconds: float) -> tuple[np.ndarray, float]:
         """Invent rows, then do ``1/throughput - 1`` times the products again; returns sums and ``clock`` seconds."""
@@ -369,6 +397,17 @@ class SimulatedBehaviour(WorkerPlugin):
             if extra:
                 seconds += _compute(Challenge(ch.seed, ch.n, extra, segments=extra), clock)[3]
         return sums, seconds
+
+
+def _off_by_one(value):
+    """A plausible wrong result: numbers and numeric arrays plus one; None for anything else."""
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return value + 1
+    if isinstance(value, np.ndarray) and value.dtype.kind in "iuf":
+        return value + 1
+    return None
 
 
 def simulate_behaviour(dask_worker=None, throughput: float = 1.0, wrong_rows: float = 0.0) -> None:
