@@ -151,17 +151,13 @@ class MarketManager:
             return {"history": rows, "spend_series": series, **units}
 
     def budget(self) -> dict:
-        """The session cap (``gpumarket.budget``) against what this server's leases commit and spend."""
+        """This server's session cap (``gpumarket.budget``) and the account cap across all kernels
+        on this machine (``gpumarket.account-cap``): spent, committed and what is left."""
         with self._chain() as (session, _, units):
-            committed = session.committed()
-            remaining = session.remaining()
-            return {
-                "cap": None if session.budget is None else str(session.budget),
-                "spent": str(session.spent()),
-                "committed": str(committed),
-                "remaining": None if remaining is None else str(max(remaining, 0)),
-                **units,
-            }
+            meter = session.meter()
+            account = {key: _text(value) for key, value in meter["account"].items()}
+            return {key: _text(meter[key]) for key in ("cap", "spent", "committed", "remaining")} | {
+                "account": account, **units}
 
     def classroom(self) -> dict:
         """Classes this account sponsors: the pool, and each student's cap, spend and live leases."""
@@ -245,6 +241,11 @@ def parse_lease_id(value) -> int:
     if not text.isdigit() or int(text) < 1:
         raise InvalidRequest(f"lease id must be a whole number such as 7, got {text!r}")
     return int(text)
+
+
+def _text(amount: int | None) -> str | None:
+    """Money for JSON: a decimal string of base units, or null for "no cap"."""
+    return None if amount is None else str(amount)
 
 
 def receipt_json(receipt: Receipt) -> dict:
