@@ -7,9 +7,11 @@ history, budget and classroom views described in ``API.md`` next to this file.
 The account and chain come from the same ``gpumarket.*`` dask config as kernels
 (``DASK_GPUMARKET__DEVNET=true`` for the devnet in ``$GPUMARKET_HOME``).
 
-Leases the server rents are held by it until released; they outlive a server
-restart on chain and in the lease history, and the next server lists them and
-can release them.
+Leases the server rents are held by it (and marked as held in the lease
+history) until released. If the server stops, they stay live on chain and in
+the history: the next server lists them and can release them, and the
+account's watchdog releases them once no process has held them for
+``gpumarket.idle-timeout`` seconds.
 """
 
 from __future__ import annotations
