@@ -66,6 +66,8 @@ class LeasedCluster(Cluster):
         kernel can re-attach with :meth:`from_lease`.
     attest: check every lease's hardware (inventory and a timed, seeded benchmark) within the
         attestation grace period; a lease that fails is rejected with a full refund and re-leased.
+    spot_check: fraction of tasks (e.g. 0.05) that :meth:`spot_checked` re-runs locally; a lease
+        caught returning a wrong result gets a dispute on chain with the provider's signed receipt.
     packages: what the workers need beyond the provider's environment: a
         :class:`~jupyter_gpumarket.cluster.environment.PackageSet` or requirement strings
         (``["scikit-learn==1.7.2"]``); providers that cannot build it are passed over, and if
@@ -93,6 +95,7 @@ class LeasedCluster(Cluster):
         class_id: int = 0,
         store=None,
         attest: bool = False,
+        spot_check: float = 0.0,
         packages=None,
         holder_interval: float = 3.0,
         asynchronous: bool = False,
@@ -131,6 +134,11 @@ class LeasedCluster(Cluster):
         self._worker_timeout = worker_timeout
         self._checking = False
         self.failures: list[str] = []
+        self.spot_checker = None
+        if spot_check:
+            from ..verify.spotcheck import SpotChecker  # verify sits beside the market, above this layer
+
+            self.spot_checker = SpotChecker(spot_check)
         if not self.asynchronous:
             self._loop_runner.start()
             self.sync(self._start)
@@ -264,6 +272,17 @@ class LeasedCluster(Cluster):
 
     def spent(self) -> int:
         return self.leaser.spent()
+
+    def spot_checked(self, client):
+        """``with cluster.spot_checked(client): x.compute()`` spot-checks every ``dask.compute`` inside;
+        reports in ``cluster.spot_checker.reports``, disputes opened in ``.disputes``."""
+        if self.spot_checker is None:
+            raise InvalidRequest("this cluster has no spot checks; create it with spot_check=0.05 (a fraction)")
+        import functools
+
+        import dask
+
+        return dask.config.set(scheduler=functools.partial(self.leaser.spot_get, client, self.spot_checker))
 
     def _repr_html_(self, cluster_status=None) -> str:
         money = lambda amount: html.escape(Money(amount).short())  # noqa: E731

@@ -30,6 +30,7 @@ from ..cluster.tls import ProviderKey, cert_fingerprint, key_fingerprint
 from ..errors import GpuMarketError, NotAuthorized, NotFound, WrongState
 from ..spec import DealStatus, GpuSpec, HardwareClaim
 from ..verify.heartbeat import Heartbeat, HeartbeatDomain
+from ..verify.runtime_receipts import ReceiptPlugin
 from .control import ControlServer, recover_start_signer
 from .pricing import MarketView, PricingStrategy
 
@@ -43,6 +44,7 @@ class _LeaseState:
     gpus: int
     started_at: int
     runtime: LeaseRuntime | None = None
+    receipts: ReceiptPlugin | None = None  # signs execution receipts for the lease's in-process workers
     seq: int = 0
     last_heartbeat: dict | None = None
     last_withdraw: float = field(default_factory=time.monotonic)
@@ -253,6 +255,13 @@ class ProviderAgent:
     def _on_lease_ended(self, lease_id: int) -> None:
         with self._lock:
             state = self._leases.pop(lease_id, None)
+        if state is not None and state.receipts is not None:
+            root, count = state.receipts.merkle_root()
+            if count:
+                try:
+                    self.client.post_receipt_root(lease_id, root, count)
+                except GpuMarketError as exc:
+                    logger.warning("provider %s: receipt root of lease %s not posted: %s", self.provider_id, lease_id, exc)
         if state is not None and state.runtime is not None:
             state.runtime.close()
             logger.info("provider %s: lease %s ended, workers stopped", self.provider_id, lease_id)
@@ -325,6 +334,10 @@ class ProviderAgent:
                 plugins = (self.behaviour,) if self.behaviour is not None else ()
                 state.runtime = LeaseRuntime(lease_id, security, self.profile, lease.gpus, scheduler or None, self.host,
                                              plugins=plugins, python=environment.python)
+                if state.runtime.python is None and not state.runtime.use_cuda:
+                    # Execution receipts are signed with our chain key, so only by workers in this process.
+                    state.receipts = ReceiptPlugin(lease_id, self.client.signer, self.domain)
+                    state.runtime.extra_plugins += (state.receipts,)
                 runtime = state.runtime
             else:
                 runtime = state.runtime

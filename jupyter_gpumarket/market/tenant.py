@@ -31,6 +31,7 @@ from ..cluster.tls import TenantCA
 from ..errors import GpuMarketError, InsufficientFunds, NotAuthorized, NotFound, ProviderUnreachable, WrongState
 from ..spec import Bid, DealStatus, GpuSpec, Lease, Provider, Receipt
 from ..verify.heartbeat import HeartbeatDomain, HeartbeatMonitor, SignedHeartbeat
+from ..verify.runtime_receipts import ReceiptCollector
 from .auction import AuctionResult, PartialPolicy, Rule, request_gpus
 from .control import ControlClient, sign_start
 
@@ -101,6 +102,7 @@ class TenantLeaser:
         self._workdir = tempfile.TemporaryDirectory(prefix="gpumarket-tenant-")
         self.security = self.ca.client_security(self._workdir.name)
         self.domain = HeartbeatDomain(client.chain_id, client.market.address)
+        self.execution_receipts = ReceiptCollector(self.domain)  # providers' signed receipts, checked
         self.scheduler_address: str | None = None
         self.dashboard_link: str | None = None
         self.leases: dict[int, LeaseHandle] = {}
@@ -223,6 +225,7 @@ class TenantLeaser:
             self.dashboard_link = started.get("dashboard")
             self._record_cluster()
         self.leases[lease.id] = handle
+        self.execution_receipts.add_lease(lease.id, provider.owner)
         if self.store is not None:
             self.store.record_lease(
                 lease.id, chain_id=self.client.chain_id, market=self.client.market.address, cluster=self.name,
@@ -325,9 +328,21 @@ class TenantLeaser:
         receipt = self.receipt(lease_id, hashes)
         self.receipts.append(receipt)
         if self.store is not None:
+            book = self.execution_receipts.books.get(lease_id)
             self.store.settle_lease(self.client.chain_id, self.client.market.address, lease_id,
-                                    {**receipt.__dict__, "tx_hashes": list(receipt.tx_hashes)})
+                                    {**receipt.__dict__, "tx_hashes": list(receipt.tx_hashes),
+                                     "execution_receipts": book.to_json() if book is not None else []})
         return receipt
+
+    def spot_get(self, dask_client, checker, dsk, keys, **kwargs):
+        """A Dask ``get`` through ``checker`` (verify.spotcheck): a sampled fraction of tasks is re-run
+        here; a lease caught returning a wrong result gets a dispute on chain (``checker.disputes``)."""
+        from ..verify.spotcheck import dispute_mismatches
+
+        workers = {h.id: h.workers for h in self.leases.values()}
+        outputs = checker.get(dask_client, dsk, keys, self.execution_receipts, workers)
+        checker.disputes.extend(dispute_mismatches(self.client, checker.reports[-1]))
+        return outputs
 
     def receipt(self, lease_id: int, tx_hashes: list[str] = ()) -> Receipt:
         return receipt_from_chain(self.client, lease_id, tx_hashes)
