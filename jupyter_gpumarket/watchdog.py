@@ -57,6 +57,7 @@ import fcntl
 import logging
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -256,6 +257,9 @@ class Watchdog:
                         logger.error("stopping: %s", exc)
                         return 1
                     live = True
+                except sqlite3.Error as exc:  # a store busy beyond its timeout: try again next round
+                    logger.warning("lease store: %s", exc)
+                    live = True
                 if not live:
                     if lock is None or not self._still_needed_after_release(lock):
                         return 0
@@ -302,8 +306,8 @@ class Watchdog:
                 self._check_cluster(name, rows)
             except ChainUnavailable:
                 raise
-            except (GpuMarketError, OSError, TimeoutError) as exc:  # one bad cluster must not stop the others
-                logger.warning("cluster %s: %s", name, exc)
+            except Exception as exc:  # noqa: BLE001 (one bad cluster must not stop the watch on the others)
+                logger.warning("cluster %s: %s: %s", name, type(exc).__name__, exc)
         return bool(self._live_clusters())
 
     def _live_clusters(self) -> dict[str, list[dict]]:
