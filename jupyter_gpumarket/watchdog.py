@@ -251,7 +251,7 @@ class Watchdog:
                 try:
                     live = self.tick()
                     chain_down_since = None
-                except ChainUnavailable as exc:
+                except (ChainUnavailable, OSError) as exc:  # requests' connection errors are OSErrors
                     chain_down_since = chain_down_since or time.monotonic()
                     if self._devnet_gone() or time.monotonic() - chain_down_since > max(60.0, 3 * self.policy.interval):
                         logger.error("stopping: %s", exc)
@@ -311,10 +311,21 @@ class Watchdog:
         return bool(self._live_clusters())
 
     def _live_clusters(self) -> dict[str, list[dict]]:
+        """This account's clusters with leases the store calls live, each row matched on chain.
+
+        A row whose lease on this chain has another order or start time was written against
+        another chain with the same id and market address (two local devnets): not ours to touch.
+        """
         out: dict[str, list[dict]] = {}
         for row in self.store.live_leases(self.client.chain_id, self.client.market.address):
             record = self.store.cluster(row["cluster"])
-            if record is not None and record["tenant"] == self.client.address:
+            if record is None or record["tenant"] != self.client.address:
+                continue
+            try:
+                lease = self.client.lease(row["lease_id"])
+            except GpuMarketError:  # no such lease on this chain
+                continue
+            if (lease.order_id, lease.started_at) == (row["order_id"], row["started_at"]):
                 out.setdefault(row["cluster"], []).append(row)
         return out
 

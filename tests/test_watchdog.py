@@ -217,8 +217,14 @@ def test_a_lease_past_its_duration_is_released_and_refunded_at_once(market):
         lease = session.client.lease(lease_id)
         assert dog.tick() and not dog.log  # a live, attended lease within its time: left alone
         net.mine(lease.ends_at + 5)  # the chain's clock passes the lease's end
-        dog.tick()
+        # A row another devnet (same chain id and market address) left in the shared store is not ours.
+        session.store.record_lease(999_999, chain_id=session.client.chain_id, market=session.client.market.address,
+                                   cluster=cluster.name, order_id=1, provider_id=0, endpoint="http://elsewhere",
+                                   hosts_scheduler=False, gpus=1, price=1, deposit=1, started_at=1,
+                                   provider_fingerprint="", tenant_ca_fingerprint="")
+        assert not dog.tick()  # nothing of this account left live on this chain: the watchdog would exit
         assert dog.log == [f"lease {lease_id}: released (its duration is over)"]
+        assert session.store.lease(session.client.chain_id, session.client.market.address, 999_999)["state"] == "live"
         (closed,) = session.client.get_logs("LeaseClosed", leaseId=lease_id)
         withdrawn = sum(w["amount"] for w in session.client.get_logs("PaymentWithdrawn", leaseId=lease_id))
         owed = accrued(lease.price_per_gpu_hour, lease.gpus, lease.ends_at - lease.started_at)  # not a second more
