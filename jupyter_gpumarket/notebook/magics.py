@@ -21,6 +21,7 @@ availability, price, wait and cost estimate for such a request.
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import time
 
@@ -62,6 +63,8 @@ class GpuMarketMagics(Magics):
     @argument("--packages", default=None,
               help="requirements the workers need, space-separated ('auto': what this notebook imports)")
     @argument("--requirements", default=None, help="a lock file of requirements the workers need")
+    @argument("--spot-check", type=float, default=None, metavar="RATE",
+              help="re-run this fraction of the cell's Dask tasks here (e.g. 0.05); a wrong result opens a dispute")
     @argument("--dry-run", action="store_true", help="print what would be ordered and spent; send nothing")
     @argument("--keep", dest="release", action="store_false", default=False,
               help="keep the lease for later cells (default)")
@@ -71,16 +74,26 @@ class GpuMarketMagics(Magics):
         """Lease GPUs (or reuse a live lease that fits) and run the cell on them."""
         request, release = self._request(line)
         session = self._session()
-        if self._parse(self.gpurent, line).dry_run:
+        args = self._parse(self.gpurent, line)
+        if args.dry_run:
             return self._call(lambda: print(self._dry_run(session, request)))
+        checker = None
+        if args.spot_check is not None:  # refused before anything is ordered
+            from ..verify.spotcheck import SpotChecker
+
+            checker = self._call(lambda: SpotChecker(args.spot_check))
         cluster = self._call(lambda: self._cluster_for(session, request))
         if self._notices is None or self._notices.session is not session:
             self._notices = NoticeWatcher(session, on_released=self._released_elsewhere)
         self._notices.start()
         client = self._client_for(cluster)
         started, started_wall = time.monotonic(), int(time.time())
-        with client.as_current():
+        if checker is not None:
+            cluster.spot_checker = checker
+        with client.as_current(), cluster.spot_checked(client) if checker else contextlib.nullcontext():
             self.shell.run_cell(cell)  # the body's own errors show as usual
+        if checker is not None:
+            print(checker.summary())
         receipt = self._call(
             lambda: self._cell_receipt(session, cluster, started_wall, time.monotonic() - started, release)
         )

@@ -423,7 +423,7 @@ def attest_lease(
     timeout: float = 10.0,
     rounds: int = 4,
     max_rounds: int = 12,
-    round_seconds: float = 0.1,
+    round_seconds: float = 0.05,
     sample_rows: int = 16,
     cpu_reference_tflops: float | None = None,
     cpu_max_n: int = CPU_MAX_N,

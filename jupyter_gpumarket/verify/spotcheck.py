@@ -124,6 +124,17 @@ class SpotChecker:
         self.reports: list[SpotCheckReport] = []
         self.disputes: list[tuple[Mismatch, object]] = []  # (mismatch, openDispute tx), filled by the tenant
 
+    def summary(self) -> str:
+        """One line for people: what was re-run, what matched, which disputes were opened."""
+        tasks = sum(r.tasks for r in self.reports)
+        checked = sum(r.checked for r in self.reports)
+        wrong = sum(len(r.mismatches) for r in self.reports)
+        line = f"spot checks: {checked} of {tasks} tasks re-run here at rate {self.rate:g}, "
+        if not wrong:
+            return line + "all matched"
+        opened = ", ".join(f"lease {m.evidence.lease_id} (tx {tx.hash})" for m, tx in self.disputes)
+        return line + f"{wrong} did not match" + (f"; dispute opened on {opened}" if opened else "")
+
     def sample(self, keys) -> list:
         """Each key with probability ``rate`` (in the canonical order of the keys, so a seed replays)."""
         ordered = sorted(keys, key=encode_key)

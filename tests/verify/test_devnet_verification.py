@@ -121,19 +121,36 @@ def test_half_throughput_h100_fails_attestation_whole_deposit_back_honest_passes
     assert root == book.merkle_root()
 
 
+def gpurent_magics(net):
+    """The %%gpurent magics on an IPython shell, connected to this devnet as the tenant."""
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from jupyter_gpumarket.notebook.magics import GpuMarketMagics
+    from jupyter_gpumarket.session import Session
+
+    magics = GpuMarketMagics(InteractiveShell.instance())
+    magics.session = Session.connect(devnet=True, state_dir=str(net.state_dir))
+    return magics
+
+
 def test_wrong_results_caught_by_spot_checks_disputed_and_slashed_to_the_tenant(net, agents):
+    from IPython.utils.capture import capture_output
+
     tenant = net.client("tenant")
-    cluster = LeasedCluster(gpus=1, gpu="L4", max_price="3.00", hours=1, budget="5", market=tenant, window=2,
-                            spot_check=0.5)
+    magics = gpurent_magics(net)
+    magics.shell.user_ns["job"] = job
+    with capture_output() as cell:
+        magics.gpurent("--gpus 1 --gpu L4 --max-price 3.00 --hours 1 --budget 5 --spot-check 0.5 --keep",
+                       "delivered = job(40).compute()")
+    (cluster,) = magics.session.clusters
     try:
-        with Client(cluster) as client, cluster.spot_checked(client):
-            delivered = job(40).compute()
-        assert delivered != sum((i + 1) ** 2 for i in range(40))  # the cheater's answer came back...
+        assert magics.shell.user_ns["delivered"] != sum((i + 1) ** 2 for i in range(40))  # the cheater's answer...
         (report,) = cluster.spot_checker.reports
-        assert report.mismatches  # ...and was caught
+        assert report.mismatches  # ...was caught
         (mismatch, tx), = cluster.spot_checker.disputes
         evidence = mismatch.evidence
         (live,) = cluster.leaser.leases.values()
+        assert f"did not match; dispute opened on lease {live.id} (tx {tx.hash})" in cell.stdout
         assert evidence.lease_id == live.id and tenant.lease(live.id).disputed
         (opened,) = tenant.get_logs("DisputeOpened", leaseId=live.id)
         assert bytes(opened["evidenceHash"]) == evidence.hash()
@@ -149,4 +166,18 @@ def test_wrong_results_caught_by_spot_checks_disputed_and_slashed_to_the_tenant(
         assert (provider.stake, provider.disputes_lost, provider.open_disputes) == (stake_before - slash, 1, 0)
         assert not tenant.lease(live.id).disputed
     finally:
-        cluster.close()
+        magics.session.release()
+        if magics._notices is not None:
+            magics._notices.stop()
+
+
+def test_gpurent_spot_check_flag_refuses_a_bad_rate_before_ordering(net, agents):
+    from IPython.core.error import UsageError
+
+    magics = gpurent_magics(net)
+    tenant = net.client("tenant")
+    orders, before = tenant.market.functions.orderCount().call(), tenant.balance()
+    for rate in ("1.5", "0", "-0.2"):
+        with pytest.raises(UsageError, match=r"spot-check rate must be a fraction in \(0, 1\], e.g. 0.05"):
+            magics.gpurent(f"--gpus 1 --gpu L4 --max-price 3.00 --hours 1 --budget 5 --spot-check {rate}", "x = 1")
+    assert tenant.market.functions.orderCount().call() == orders and tenant.balance() == before  # nothing moved
