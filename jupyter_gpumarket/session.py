@@ -318,7 +318,7 @@ class Session:
                     self.clusters.append(cluster)
                 self.start_watchdog()
                 return cluster
-            cluster.close()
+            cluster.detach()  # another kernel's cluster that does not fit: leave its leases alone
         return None
 
     def rent(self, request: RentRequest, on_bid=None, reuse: bool = True):

@@ -133,6 +133,7 @@ class LeasedCluster(Cluster):
         self._holder_interval = holder_interval
         self._worker_timeout = worker_timeout
         self._checking = False
+        self._detaching = False  # detach(): close the Dask side, keep the leases
         self.failures: list[str] = []
         self.spot_checker = None
         if spot_check:
@@ -240,11 +241,19 @@ class LeasedCluster(Cluster):
             if callback:
                 callback.stop()
         await super()._close()
-        await asyncio.to_thread(self.leaser.release_all)
+        if not self._detaching:
+            await asyncio.to_thread(self.leaser.release_all)
         self.leaser.close()
         if self.leaser.store is not None:
-            self.leaser.store.close_cluster(self.name)
+            if not self._detaching:
+                self.leaser.store.close_cluster(self.name)
             self.leaser.store.drop_holder(self.name, os.getpid())
+
+    def detach(self) -> None:
+        """Let go of this cluster without releasing its leases: they stay live on chain and in the
+        lease history, for another kernel to re-attach or for the watchdog to settle."""
+        self._detaching = True
+        self.close()
 
     # -- liveness ---------------------------------------------------------------------
 

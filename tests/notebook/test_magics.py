@@ -137,6 +137,9 @@ def test_a_restarted_kernel_reattaches_instead_of_ordering_again(shell, market_n
     orders = old.client.market.functions.orderCount().call()
 
     fresh = Session.connect(devnet=True)  # the restarted kernel: no clusters in memory
+    # A live cluster that does not fit is looked at and let go of, never released.
+    assert fresh.find(RentRequest(gpus=1, gpu="RTX 4090", max_price=3_000_000, hours=1)) is None
+    assert fresh.client.lease(lease_id).status == DealStatus.ACTIVE
     request = RentRequest(gpus=1, gpu=GPU, max_price=3_000_000, hours=1, budget=5_000_000)
     cluster = fresh.find(request)
     assert cluster is not None and set(cluster.leaser.leases) == {lease_id}
