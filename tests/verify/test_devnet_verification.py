@@ -8,6 +8,7 @@ for 30 % of its tasks. Everything they register or move is rolled back after the
 
 from __future__ import annotations
 
+import json
 import time
 
 import dask
@@ -19,10 +20,13 @@ from jupyter_gpumarket.cluster.runtime import GpuProfile
 from jupyter_gpumarket.market.pricing import FixedFloor
 from jupyter_gpumarket.market.provider import ProviderAgent
 from jupyter_gpumarket.errors import WrongState
+from jupyter_gpumarket.history import LeaseStore
 from jupyter_gpumarket.spec import DealStatus
 from jupyter_gpumarket.verify.arbiter import Arbiter
 from jupyter_gpumarket.verify.attest import attest_lease
 from jupyter_gpumarket.verify.challenge import SimulatedBehaviour
+from jupyter_gpumarket.verify.heartbeat import HeartbeatDomain
+from jupyter_gpumarket.verify.receipts import ReceiptBook
 
 TUSD = 10**6
 HONEST = GpuProfile("NVIDIA H100 80GB HBM3", 80, 989.0)
@@ -72,7 +76,7 @@ def wait_for(condition, timeout: float = 60.0):
     raise AssertionError("condition not met in time")
 
 
-def test_half_throughput_h100_fails_attestation_whole_deposit_back_honest_passes(net, agents):
+def test_half_throughput_h100_fails_attestation_whole_deposit_back_honest_passes(net, agents, tmp_path):
     tenant = net.client("tenant")
     before = balances(net, tenant)
     request = dict(gpus=1, gpu="H100", max_price="3.00", hours=1, budget="10", market=tenant, window=2, attest=True)
@@ -91,7 +95,8 @@ def test_half_throughput_h100_fails_attestation_whole_deposit_back_honest_passes
     # the next auction picks the honest H100 although it asks 45 % more per hour.
     slow = tenant.provider(rejected.provider_id)
     assert slow.leases_rejected == 1
-    cluster = LeasedCluster(**request, spot_check=0.2)
+    store = LeaseStore(tmp_path / "history.sqlite")
+    cluster = LeasedCluster(**request, spot_check=0.2, store=store)
     try:
         leaser = cluster.leaser
         (live,) = leaser.leases.values()
@@ -119,6 +124,11 @@ def test_half_throughput_h100_fails_attestation_whole_deposit_back_honest_passes
     # At lease end the honest agent posts the root of the receipts it signed: the tenant's book's root.
     root = wait_for(lambda: tenant.receipt_root_of(live.id))
     assert root == book.merkle_root()
+    # The tenant's copy is kept with the settled lease in the history store, and checks out again.
+    stored = json.loads(store.lease(tenant.chain_id, tenant.market.address, live.id)["receipt"])
+    domain = HeartbeatDomain(tenant.chain_id, tenant.market.address)
+    again = ReceiptBook.from_json(live.id, live.provider.owner, domain, stored["execution_receipts"])
+    assert len(again) == len(book) and again.merkle_root() == root
 
 
 def gpurent_magics(net):
