@@ -199,7 +199,11 @@ class ReceiptCollector:
             book = self.books.get(lease_id)
             if book is None or not workers:
                 continue
-            replies = client.run(fetch_receipts, lease_id=lease_id, after=book.last_seq or 0, workers=workers[:1])
+            try:
+                replies = client.run(fetch_receipts, lease_id=lease_id, after=book.last_seq or 0, workers=workers[:1])
+            except Exception as exc:  # worker gone or refusing: checks go on, without evidence for this lease
+                self.refused.append(f"lease {lease_id}: receipts not fetched ({type(exc).__name__})")
+                continue
             for records in replies.values():
                 accepted += sum(self.accept(lease_id, r) is not None for r in records)
         return accepted

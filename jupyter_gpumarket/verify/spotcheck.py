@@ -105,6 +105,7 @@ class SpotCheckReport:
     checked: int = 0
     mismatches: list[Mismatch] = field(default_factory=list)
     unreceipted: int = 0  # sampled tasks no receipt covered
+    unchecked: list[str] = field(default_factory=list)  # sampled tasks that could not run here, and why
     extra_seconds: float = 0.0  # the tenant's wall time re-running sampled tasks (as Dask times tasks)
 
     @property
@@ -149,7 +150,11 @@ class SpotChecker:
         for key in sampled:
             task = graph[key]
             inputs = {d: values[d] for d in task.dependencies}
-            recomputed = task(inputs)
+            try:
+                recomputed = task(inputs)
+            except Exception as exc:  # e.g. needs something only the workers have: not the provider's fault
+                report.unchecked.append(f"{key!r}: {type(exc).__name__}")
+                continue
             report.checked += 1
             delivered = values[key]
             covered = collector.covering(key) if collector is not None else None

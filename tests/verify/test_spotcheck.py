@@ -157,6 +157,23 @@ def test_forged_replayed_and_cross_lease_runtime_receipts_are_refused(cluster_wi
         pickle.dumps(client.run(lambda dask_worker: dask_worker.plugins[RECEIPT_PLUGIN], workers=workers[:1]))
 
 
+def on_a_worker(x):
+    from distributed import get_worker
+
+    get_worker()  # raises outside a worker: this task cannot be re-run by the tenant
+    return x
+
+
+def test_tasks_that_cannot_run_here_are_reported_unchecked_not_disputed(cluster_with):
+    client, _, workers = cluster_with()
+    checker = SpotChecker(rate=1.0, seed=0)
+    parts = [dask.delayed(on_a_worker, pure=True)(i) for i in range(4)]
+    result, report = checker.compute(client, dask.delayed(sum, pure=True)(parts), collector(), {LEASE: workers})
+    assert result == 6 and report.passed
+    assert len(report.unchecked) == 4 and all("ValueError" in u for u in report.unchecked)
+    assert report.checked == 1  # the sum
+
+
 def test_bad_rates_are_refused():
     for rate in (0, -0.1, 1.5, float("nan"), True, "0.05"):
         with pytest.raises(InvalidRequest, match="spot-check rate"):
