@@ -32,7 +32,7 @@ def _devnet(args: argparse.Namespace) -> int:
     if args.action == "up":
         net = Devnet.up(state_dir=args.state_dir, params=DevnetParams(providers=args.providers), port=args.port, detach=True)
         if args.agents:
-            net.start_agents(detach=True)
+            net.start_agents(detach=True, find_links=args.find_links)
             net.wait_for_providers(args.providers)
         print(f"devnet up: chain {net.info.chain_id} at {net.info.rpc_url}")
         print(f"  market {net.info.market}\n  token  {net.info.token}")
@@ -127,6 +127,12 @@ def _provider_run(args: argparse.Namespace) -> int:
         from .verify.challenge import SimulatedBehaviour
 
         behaviour = SimulatedBehaviour(args.simulate_throughput, args.simulate_wrong_rows)
+    if args.index_url or args.find_links or args.no_index:  # where tenants' package sets are built from
+        import dask.config
+
+        dask.config.set({"gpumarket.provider-index-url": args.index_url,
+                         "gpumarket.provider-find-links": args.find_links or [],
+                         "gpumarket.provider-no-index": args.no_index})
     agent = ProviderAgent(client, profile, strategy_from_name(args.strategy, floor, ceiling), gpus=gpus or 1,
                           region=args.region, host=args.host, port=args.port, behaviour=behaviour)
     agent.run_forever()
@@ -174,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     devnet.add_argument("--no-agents", dest="agents", action="store_false",
                         help="fund provider accounts but start no provider agents")
     devnet.add_argument("--port", type=int, default=None, help="RPC port (default: a free one)")
+    devnet.add_argument("--find-links", default=None,
+                        help="a wheel directory the agents build tenants' package sets from (and no other index)")
     devnet.add_argument("--state-dir", default=None, help="where the devnet file lives (default ~/.gpumarket)")
     devnet.set_defaults(func=_devnet)
 
@@ -208,6 +216,11 @@ def build_parser() -> argparse.ArgumentParser:
     provider.add_argument("--region", default="")
     provider.add_argument("--host", default="127.0.0.1", help="address tenants reach this machine at")
     provider.add_argument("--port", type=int, default=0, help="control endpoint port (default: a free one)")
+    provider.add_argument("--index-url", default=None,
+                          help="package index tenants' package sets are built from (default: pip's)")
+    provider.add_argument("--find-links", action="append", default=None,
+                          help="a wheel directory or page to build package sets from (repeatable)")
+    provider.add_argument("--no-index", action="store_true", help="build only from --find-links")
     provider.add_argument("--simulate-throughput", type=float, default=1.0,
                           help="devnet only: deliver this fraction of the claimed throughput (a cheating provider)")
     provider.add_argument("--simulate-wrong-rows", type=float, default=0.0,
