@@ -362,6 +362,10 @@ class SimulatedBehaviour(WorkerPlugin):
         self._workers: list = []
         self._tampered: set = set()
 
+    def __getstate__(self) -> dict:
+        # Sent to worker processes as configuration only: the workers it serves here stay here.
+        return {**self.__dict__, "_workers": [], "_tampered": set()}
+
     def setup(self, worker) -> None:
         self._workers.append(worker)
 

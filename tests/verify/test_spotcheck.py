@@ -178,3 +178,15 @@ def test_bad_rates_are_refused():
     for rate in (0, -0.1, 1.5, float("nan"), True, "0.05"):
         with pytest.raises(InvalidRequest, match="spot-check rate"):
             SpotChecker(rate)
+
+
+def test_simulated_behaviour_travels_as_configuration_only(cluster_with):
+    import pickle
+
+    behaviour = SimulatedBehaviour(throughput=0.5, wrong_tasks=0.3)
+    client, _, _ = cluster_with(behaviour=behaviour)  # set up on two in-process workers
+    assert len(behaviour._workers) == 2
+    copy = pickle.loads(pickle.dumps(behaviour))  # as a runtime sends it to worker processes
+    assert (copy.throughput, copy.wrong_tasks, copy._workers) == (0.5, 0.3, [])
+    with pytest.raises(InvalidRequest, match="wrong_tasks must be in"):
+        SimulatedBehaviour(wrong_tasks=1.5)
