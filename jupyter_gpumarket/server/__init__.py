@@ -3,7 +3,7 @@
 Enabled by the ``jupyter-config`` file the package installs (or
 ``jupyter server extension enable jupyter_gpumarket.server``); it serves, under
 ``<base_url>/gpumarket/``, the wallet, offers, live leases (rent and release),
-history, budget and classroom views described in ``API.md`` next to this file.
+history, budget and classroom views and the watchdog's notices described in ``API.md`` next to this file.
 The account and chain come from the same ``gpumarket.*`` dask config as kernels
 (``DASK_GPUMARKET__DEVNET=true`` for the devnet in ``$GPUMARKET_HOME``).
 

@@ -149,6 +149,12 @@ class ClassroomHandler(MarketHandler):
         await self.answer(self.manager.classroom)
 
 
+class NoticesHandler(MarketHandler):
+    @tornado.web.authenticated
+    async def get(self) -> None:
+        await self.answer(self.manager.notices, self.get_query_argument("since", "0"))
+
+
 #: Path under ``<base_url>/gpumarket/`` -> handler.
 ROUTES = [
     ("wallet", WalletHandler),
@@ -159,4 +165,5 @@ ROUTES = [
     ("history", HistoryHandler),
     ("budget", BudgetHandler),
     ("classroom", ClassroomHandler),
+    ("notices", NoticesHandler),
 ]

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The most notices one ``GET notices`` returns (the newest): a page back after hours catches up cheaply.
+NOTICE_LIMIT = 50
+
 
 class MarketManager:
     """One Jupyter server's view of the tenant account: wallet, offers, leases, history, budget, classes.
@@ -185,6 +188,22 @@ class MarketManager:
                 classes.append({"class_id": class_id, "pool": str(pool), "students": rows})
             return {"classes": classes, "now": now, **units}
 
+    def notices(self, since=0) -> dict:
+        """The watchdog's notices for this account on this market posted after notice ``since``
+        (at most :data:`NOTICE_LIMIT`, newest last), and the idle warnings still open whatever ``since``."""
+        from .notices import NoticeBoard, parse_since
+
+        since = parse_since(since)
+        with self._chain() as (session, _, _):
+            now = time.time()
+            if session.store is None:  # gpumarket.history is off: no watchdog, no notices
+                return {"notices": [], "warnings": [], "last_id": since, "now": now}
+            client = session.client
+            board = NoticeBoard(session.store, chain_id=client.chain_id, market=client.market.address,
+                                tenant=client.address)
+            rows, last_id = board.since(since, NOTICE_LIMIT)
+            return {"notices": rows, "warnings": board.open_warnings(), "last_id": last_id, "now": now}
+
     # -- acting ------------------------------------------------------------------------------
 
     def rent(self, body: dict) -> dict:
@@ -238,7 +257,7 @@ def parse_lease_id(value) -> int:
     jupyter_gpumarket.errors.InvalidRequest: lease id must be a whole number such as 7, got 'seven'
     """
     text = str(value)
-    if not text.isdigit() or int(text) < 1:
+    if not (text.isascii() and text.isdigit()) or int(text) < 1:  # "²" is a digit to isdigit
         raise InvalidRequest(f"lease id must be a whole number such as 7, got {text!r}")
     return int(text)
 

@@ -26,7 +26,7 @@ from jupyter_gpumarket.spec import DealStatus
 ANY_GPU = "H100|A100|4090"
 TUSD = 10**6
 ENDPOINTS = [("GET", "wallet"), ("GET", "offers"), ("GET", "leases"), ("GET", "history"), ("GET", "budget"),
-             ("GET", "classroom"), ("POST", "leases"), ("POST", "leases/1/release"), ("POST", "release-all")]
+             ("GET", "classroom"), ("GET", "notices"), ("POST", "leases"), ("POST", "leases/1/release"), ("POST", "release-all")]
 
 
 @pytest.fixture(scope="module")
