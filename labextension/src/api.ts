@@ -5,11 +5,12 @@
  *   const api = new MarketApi();
  *   const { leases } = await api.leases();
  *   await api.release(leases[0].lease);
+ *   const { warnings, last_id } = await api.notices(0);
  */
 import { URLExt } from '@jupyterlab/coreutils';
 import { ServerConnection } from '@jupyterlab/services';
 
-import type { IBudget, IClassroom, IHistory, ILeases, IOffers, IReceipt, IWallet } from './types';
+import type { IBudget, IClassroom, IHistory, ILeases, INotices, IOffers, IReceipt, IWallet } from './types';
 
 /** A failed call, carrying only text written for users (the server's "error" field). */
 export class MarketError extends Error {
@@ -51,6 +52,11 @@ export class MarketApi {
     return this.request('classroom');
   }
 
+  /** The watchdog's notices after notice `since` (0: all), and the idle warnings still pending. */
+  notices(since: number): Promise<INotices> {
+    return this.request('notices', {}, { since: String(since) });
+  }
+
   release(leaseId: number): Promise<{ receipt: IReceipt }> {
     return this.request(`leases/${encodeURIComponent(String(leaseId))}/release`, { method: 'POST' });
   }
@@ -59,8 +65,8 @@ export class MarketApi {
     return this.request('release-all', { method: 'POST' });
   }
 
-  private async request<T>(path: string, init: RequestInit = {}): Promise<T> {
-    const url = URLExt.join(this.settings.baseUrl, 'gpumarket', path);
+  private async request<T>(path: string, init: RequestInit = {}, query: Record<string, string> = {}): Promise<T> {
+    const url = URLExt.join(this.settings.baseUrl, 'gpumarket', path) + URLExt.objectToQueryString(query);
     let response: Response;
     try {
       response = await ServerConnection.makeRequest(url, init, this.settings);

@@ -1,6 +1,7 @@
 /**
  * JupyterLab plugin: the GPU market sidebar, a status bar item with the
- * current spend rate, and a palette command that releases every lease.
+ * current spend rate, a palette command that releases every lease, and
+ * notifications for the watchdog's idle warnings and releases.
  */
 import { ILabShell, ILayoutRestorer, JupyterFrontEnd, JupyterFrontEndPlugin } from '@jupyterlab/application';
 import { Dialog, ICommandPalette, showDialog } from '@jupyterlab/apputils';
@@ -9,6 +10,7 @@ import { LabIcon } from '@jupyterlab/ui-components';
 
 import { MarketApi } from './api';
 import { MarketModel } from './model';
+import { NoticeAlerts } from './notices';
 import { TokenFormat } from './money';
 import { MarketPanel, PANEL_ID } from './sidebar';
 import { SpendStatus } from './statusbar';
@@ -45,7 +47,8 @@ const plugin: JupyterFrontEndPlugin<void> = {
     panel.title.caption = 'GPU market';
     shell.add(panel, 'right', { rank: 600 });
     restorer?.add(panel, PANEL_ID);
-    model.start(); // the status bar needs the spend rate even while the panel is closed
+    new NoticeAlerts(model, () => shell.activateById(PANEL_ID));
+    model.start(); // the status bar needs the spend rate, and idle warnings must show, even while the panel is closed
 
     app.commands.addCommand(COMMANDS.open, {
       label: 'GPU market: open sidebar',

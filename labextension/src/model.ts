@@ -1,13 +1,14 @@
 /**
  * The market as the browser last saw it, refreshed by polling the server.
  *
- * Wallet, leases and budget are polled every `fastMs`; offers, history and the
- * classroom every `slowEvery` polls (they change rarely and cost chain calls).
- * While the sidebar is closed only the leases are polled (the status bar needs
- * the spend rate), and nothing while the browser tab is hidden: a hosted
+ * Wallet, leases, the watchdog's notices and budget are polled every `fastMs`;
+ * offers, history and the classroom every `slowEvery` polls (they change rarely
+ * and cost chain calls). While the sidebar is closed only the leases (the
+ * status bar needs the spend rate) and the notices (an idle warning must reach
+ * the user) are polled, and nothing while the browser tab is hidden: a hosted
  * JupyterLab with a whole class open should not flood the chain.
  * Each part keeps its own error text, so one failing endpoint does not blank
- * the others.
+ * the others. Notices are asked for incrementally (`since` the last one seen).
  *
  *   const model = new MarketModel(new MarketApi());
  *   model.changed.connect(() => render(model));
@@ -16,11 +17,14 @@
 import { Signal } from '@lumino/signaling';
 
 import { MarketApi, MarketError } from './api';
-import type { IBudget, IClassroom, IHistory, ILeases, IOffers, IReceipt, IWallet } from './types';
+import type { IBudget, IClassroom, IHistory, ILeases, INotice, INotices, IOffers, IReceipt, IWallet } from './types';
 
-export type Part = 'wallet' | 'leases' | 'budget' | 'offers' | 'history' | 'classroom';
+export type Part = 'wallet' | 'leases' | 'notices' | 'budget' | 'offers' | 'history' | 'classroom';
 
-const FAST: Part[] = ['wallet', 'leases', 'budget'];
+const FAST: Part[] = ['wallet', 'leases', 'notices', 'budget'];
+const ALWAYS: Part[] = ['leases', 'notices'];
+/** How many of the watchdog's releases the sidebar keeps listing. */
+const RECENT_RELEASES = 10;
 const SLOW: Part[] = ['offers', 'history', 'classroom'];
 
 export interface IState {
@@ -30,11 +34,24 @@ export interface IState {
   offers?: IOffers;
   history?: IHistory;
   classroom?: IClassroom;
+  /** What the watchdog said, once the first notices poll answered. */
+  notices?: IWatchdogNotices;
   /** Browser clock (unix seconds) when `leases` arrived: spend ticks from here. */
   leasesAt: number;
   errors: Partial<Record<Part, string>>;
   /** The outcome of the last user action (release), shown until the next one. */
   notice?: { text: string; error: boolean };
+}
+
+export interface IWatchdogNotices {
+  /** Idle warnings still pending: their leases are released at `release_at` unless a task runs. */
+  warnings: INotice[];
+  /** The watchdog's latest releases (newest last), including those before the page opened. */
+  released: INotice[];
+  /** Ids of the releases that arrived after the first poll: news to tell the user about. */
+  newReleases: number[];
+  /** Server clock minus browser clock (seconds), to count down to `release_at`. */
+  skew: number;
 }
 
 export class MarketModel {
@@ -45,6 +62,7 @@ export class MarketModel {
   private busy = false;
   private detailed = false;
   private pendingAll = false;
+  private noticesSince = 0;
 
   constructor(
     readonly api: MarketApi,
@@ -86,7 +104,7 @@ export class MarketModel {
     this.polls += 1;
     const wasConnected = this.state.wallet?.connected === true;
     try {
-      const fast = this.detailed || all ? FAST : (['leases'] as Part[]);
+      const fast = this.detailed || all ? FAST : ALWAYS;
       await Promise.all((all ? [...fast, ...SLOW] : fast).map(part => this.fetch(part)));
       if (!all && this.detailed && !wasConnected && this.state.wallet?.connected) {
         await Promise.all(SLOW.map(part => this.fetch(part))); // just connected: fill every section now
@@ -137,8 +155,11 @@ export class MarketModel {
 
   private async fetch(part: Part): Promise<void> {
     try {
-      const value: any = await this.api[part]();
-      (this.state as any)[part] = value;
+      if (part === 'notices') {
+        this.takeNotices(await this.api.notices(this.noticesSince));
+      } else {
+        (this.state as any)[part] = await this.api[part]();
+      }
       if (part === 'leases') {
         this.state.leasesAt = Date.now() / 1000;
       }
@@ -146,6 +167,20 @@ export class MarketModel {
     } catch (error) {
       this.state.errors[part] = messageOf(error);
     }
+  }
+
+  /** Keep the pending warnings as the server lists them, and add new releases to the recent ones. */
+  private takeNotices(reply: INotices): void {
+    const before = this.state.notices;
+    const released = reply.notices.filter(n => n.kind === 'released');
+    const known = reply.last_id < this.noticesSince ? [] : (before?.released ?? []); // a replaced store starts over
+    this.state.notices = {
+      warnings: reply.warnings,
+      released: [...known, ...released].slice(-RECENT_RELEASES),
+      newReleases: before ? released.map(n => n.id) : [],
+      skew: reply.now - Date.now() / 1000
+    };
+    this.noticesSince = reply.last_id;
   }
 }
 

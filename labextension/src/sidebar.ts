@@ -1,7 +1,8 @@
 /**
- * The GPU market sidebar: wallet and budget, active leases with live spend and
- * Release buttons, the instructor view (when this account runs a class),
- * recent offers, and history with costs and a spend chart.
+ * The GPU market sidebar: the watchdog's idle warnings on top, wallet and
+ * budget, active leases with live spend and Release buttons, the instructor
+ * view (when this account runs a class), recent offers, and history with costs,
+ * a spend chart and the watchdog's latest releases.
  *
  * Sections other than the lease list are rebuilt only when their data
  * changes; the lease list updates in place and ticks every second.
@@ -12,6 +13,7 @@ import { spendChart } from './chart';
 import { classroomView } from './classroom';
 import { duration, h, shortAddress, table } from './dom';
 import { LeaseList } from './leases';
+import { IdleWarnings, releasedView } from './notices';
 import type { MarketModel, Part } from './model';
 import { TokenFormat } from './money';
 
@@ -26,6 +28,8 @@ export class MarketPanel extends Widget {
   private readonly leases: LeaseList;
   private readonly sections = new Map<string, ISection>();
   private readonly notice: HTMLElement;
+  private readonly warnings = new IdleWarnings();
+  private readonly released: ISection = { body: h('div', {}), key: '' };
   private readonly rate: HTMLElement;
   private ticker: number | undefined;
 
@@ -39,6 +43,7 @@ export class MarketPanel extends Widget {
     this.rate = h('span', { class: 'jp-gpumarket-rate', 'data-testid': 'gpumarket-rate' });
     this.node.append(
       h('h2', { class: 'jp-gpumarket-title' }, 'GPU market'),
+      this.warnings.node,
       this.notice,
       this.section('wallet', 'Wallet'),
       this.section('leases', 'Active leases', this.rate),
@@ -47,6 +52,7 @@ export class MarketPanel extends Widget {
       this.section('history', 'History')
     );
     this.sections.get('leases')!.body.appendChild(this.leases.node);
+    this.sections.get('history')!.body.after(this.released.body);
     model.changed.connect(this.render, this);
   }
 
@@ -54,7 +60,10 @@ export class MarketPanel extends Widget {
     this.model.setDetailed(true);
     this.render();
     window.clearInterval(this.ticker);
-    this.ticker = window.setInterval(() => this.leases.tick(), 1000);
+    this.ticker = window.setInterval(() => {
+      this.leases.tick();
+      this.warnings.tick();
+    }, 1000);
   }
 
   protected onAfterHide(): void {
@@ -86,6 +95,7 @@ export class MarketPanel extends Widget {
     this.notice.hidden = !state.notice;
     // Without a chain every other part fails for the same reason, which the wallet already says.
     const offline = state.wallet?.connected === false;
+    this.warnings.update(offline ? undefined : state.notices);
     for (const name of ['leases', 'classroom', 'offers', 'history']) {
       const teaching = name !== 'classroom' || !!state.classroom?.classes.length || !!state.errors.classroom;
       this.sections.get(name)!.body.closest('section')!.hidden = offline || !teaching;
@@ -97,6 +107,12 @@ export class MarketPanel extends Widget {
     this.fill('classroom', ['classroom'], () => this.classroomSection());
     this.fill('offers', ['offers'], () => this.offersView());
     this.fill('history', ['history'], () => this.historyView());
+    const released = state.notices?.released ?? [];
+    const releasedKey = JSON.stringify(released.map(n => n.id));
+    if (releasedKey !== this.released.key) {
+      this.released.key = releasedKey;
+      this.released.body.replaceChildren(releasedView(released) ?? '');
+    }
     const leases = state.leases;
     this.rate.textContent = leases ? `· ${this.token().format(leases.spend_rate_per_hour)}/h` : '';
     const error = state.errors.leases;

@@ -104,3 +104,27 @@ export interface IClassroom {
   decimals?: number;
   symbol?: string;
 }
+
+/** A watchdog notice (`GET notices`). `state`: an idle warning is `open` until a task runs
+ * (`withdrawn`) or its leases are released (`done`); a release is always `done`. */
+export interface INotice {
+  id: number;
+  lease: number;
+  cluster: string;
+  kind: 'idle-warning' | 'released';
+  text: string;
+  time: number;
+  state: 'open' | 'withdrawn' | 'done';
+  /** Server clock (unix seconds) at which an idle warning's leases are released; null otherwise. */
+  release_at: number | null;
+}
+
+export interface INotices {
+  /** Notices after the `since` asked for, newest last. */
+  notices: INotice[];
+  /** Idle warnings still pending, whatever `since`. */
+  warnings: INotice[];
+  /** The `since` to send next time. */
+  last_id: number;
+  now: number;
+}
