@@ -190,8 +190,9 @@ class TenantLeaser:
         failed: dict[int, int] = {}
         with Client(self.scheduler_address, security=self.security, timeout="30s") as client:
             for handle in handles:
+                # A generous per-call timeout: a busy machine is slow, not dishonest (the grace period bounds it).
                 report = attest_lease(client, workers=handle.workers, claim_tflops=handle.provider.claim,
-                                      tolerance=self.attest_tolerance)
+                                      tolerance=self.attest_tolerance, timeout=20.0)
                 self.attestations[handle.id] = report
                 if report.passed:
                     self.measured_tflops[handle.provider.id] = report.measured_tflops

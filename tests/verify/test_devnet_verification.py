@@ -79,7 +79,8 @@ def wait_for(condition, timeout: float = 60.0):
 def test_half_throughput_h100_fails_attestation_whole_deposit_back_honest_passes(net, agents, tmp_path):
     tenant = net.client("tenant")
     before = balances(net, tenant)
-    request = dict(gpus=1, gpu="H100", max_price="3.00", hours=1, budget="10", market=tenant, window=2, attest=True)
+    request = dict(gpus=1, gpu="H100", max_price="3.00", hours=1, budget="10", market=tenant, window=2, attest=True,
+                   heartbeat_timeout=60)  # a loaded test machine delays heartbeats; silence is tested elsewhere
     # The cheaper H100 wins the auction, hosts the scheduler, and fails attestation: its lease is
     # rejected within the grace period and the cluster cannot start without its scheduler.
     with pytest.raises(WrongState, match="failed attestation .*throughput too low.*full refund"):
@@ -149,7 +150,7 @@ def test_wrong_results_caught_by_spot_checks_disputed_and_slashed_to_the_tenant(
     tenant = net.client("tenant")
     magics = gpurent_magics(net)
     magics.shell.user_ns["job"] = job
-    with capture_output() as cell:
+    with capture_output() as cell, dask.config.set({"gpumarket.heartbeat-timeout": 60, "gpumarket.history": False}):
         magics.gpurent("--gpus 1 --gpu L4 --max-price 3.00 --hours 1 --budget 5 --spot-check 0.5 --keep",
                        "delivered = job(40).compute()")
     (cluster,) = magics.session.clusters
