@@ -27,17 +27,10 @@ def net(tmp_path_factory):
 
 @pytest.fixture
 def chain(net):
-    """The devnet, rolled back to its deployed state after the test."""
-    import time
-
-    # An earlier test's revert can leave the chain's clock behind the wall clock, which agents
-    # check bidding windows against: bring it level, so bids are not judged late.
-    latest = net.w3.eth.get_block("latest")["timestamp"]
-    if latest < int(time.time()):
-        net.mine(int(time.time()))
-    snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]
+    """The devnet, rolled back to its deployed state after the test (clock kept level with the wall)."""
+    snapshot = net.snapshot()
     yield net
-    net.w3.provider.make_request("evm_revert", [snapshot])
+    net.revert(snapshot)
 
 
 @pytest.fixture(scope="session", autouse=True)

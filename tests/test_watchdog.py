@@ -33,7 +33,7 @@ def market(net, tmp_path_factory):
     """Agents on the session devnet, a home of our own, the short watchdog policy; all undone after."""
     from jupyter_gpumarket.watchdog import stop_watchdog
 
-    snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]
+    snapshot = net.snapshot()
     home = tmp_path_factory.mktemp("watchdog-home")
     old_home = os.environ.get("GPUMARKET_HOME")
     os.environ["GPUMARKET_HOME"] = str(home)
@@ -46,7 +46,7 @@ def market(net, tmp_path_factory):
         tenant = net.client("tenant")
         stop_watchdog(tenant.chain_id, tenant.market.address, tenant.address)
         net.stop_agents()
-        net.w3.provider.make_request("evm_revert", [snapshot])
+        net.revert(snapshot)
         if old_home is None:
             os.environ.pop("GPUMARKET_HOME", None)
         else:

@@ -274,6 +274,27 @@ class Devnet:
         """The next mined block (the next transaction) gets exactly this timestamp."""
         self.w3.provider.make_request("evm_setNextBlockTimestamp", [timestamp])
 
+    def snapshot(self) -> str:
+        """An anvil snapshot id of the current state (clock brought level first), for :meth:`revert`."""
+        self.level_clock()
+        return self.w3.provider.make_request("evm_snapshot", [])["result"]
+
+    def revert(self, snapshot: str) -> None:
+        """Roll the chain back to ``snapshot`` and bring its clock level with the wall clock."""
+        self.w3.provider.make_request("evm_revert", [snapshot])
+        self.level_clock()
+
+    def level_clock(self) -> None:
+        """Mine a block at the wall clock's time if the chain's clock is behind it.
+
+        anvil's revert also rewinds the clock to the snapshot's time, so the chain would run
+        behind the wall clock by however long the snapshot lived, and agents, which judge
+        bidding windows by the wall clock, would find every new order's window already shut.
+        """
+        now = int(time.time())
+        if self.w3.eth.get_block("latest")["timestamp"] < now:
+            self.mine(now)
+
     def mine(self, timestamp: int | None = None) -> None:
         if timestamp is not None:
             self.set_next_timestamp(timestamp)

@@ -326,7 +326,7 @@ def scene(net, clients):
         m.ledger.moved()
         yield s
     finally:
-        rq("evm_revert", [snapshot])
+        net.revert(snapshot)
 
 
 @pytest.fixture

@@ -29,9 +29,9 @@ def scripted(net):
 
     Module-scoped (the tests only read): rolled back with an anvil snapshot once they are done.
     """
-    snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]
+    snapshot = net.snapshot()
     yield _script(net)
-    net.w3.provider.make_request("evm_revert", [snapshot])
+    net.revert(snapshot)
 
 
 def _script(chain):

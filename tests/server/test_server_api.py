@@ -32,7 +32,7 @@ ENDPOINTS = [("GET", "wallet"), ("GET", "offers"), ("GET", "leases"), ("GET", "h
 @pytest.fixture(scope="module")
 def market(net, tmp_path_factory):
     """The session devnet with bidding agents and a lease history of its own; rolled back afterwards."""
-    snapshot = net.w3.provider.make_request("evm_snapshot", [])["result"]
+    snapshot = net.snapshot()
     settings = {"gpumarket.devnet": True, "gpumarket.devnet-dir": str(net.state_dir), "gpumarket.window": 2,
                 "gpumarket.budget": None, "gpumarket.watchdog": False}
     with pytest.MonkeyPatch.context() as patch, dask.config.set(settings):
@@ -43,7 +43,7 @@ def market(net, tmp_path_factory):
             yield net
         finally:
             net.stop_agents()
-            net.w3.provider.make_request("evm_revert", [snapshot])
+            net.revert(snapshot)
 
 
 @pytest.fixture

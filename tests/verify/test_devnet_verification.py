@@ -44,8 +44,7 @@ def job(n: int):
 
 @pytest.fixture(scope="module")
 def agents(net):
-    rq = net.w3.provider.make_request
-    snapshot = rq("evm_snapshot", [])["result"]
+    snapshot = net.snapshot()
     started = []
     try:
         for role, profile, price, behaviour in (
@@ -59,7 +58,7 @@ def agents(net):
     finally:
         for agent in started:
             agent.stop()
-        rq("evm_revert", [snapshot])
+        net.revert(snapshot)
 
 
 def balances(net, client) -> dict[str, int]:
