@@ -99,13 +99,17 @@ def run_lifecycle(net: Devnet, say: Callable[[str], None] = lambda _: None, seco
     say(f"  lease {lease_id}: deposit {Money(lease.deposit)} streams {Money(price * spec.count)}/h")
 
     say(f"5. {seconds // 60} minutes pass on the chain's clock")
-    net.advance(seconds)
+    # The withdrawal's block lands exactly `seconds` after the lease began, however slow this
+    # machine (a block a second earlier first: gas is estimated at the latest block's time).
+    net.mine(lease.started_at + seconds - 1)
+    net.set_next_timestamp(lease.started_at + seconds)
     provider = net.client(winner)
     withdraw_tx = provider.withdraw(lease_id)
     step("withdraw", withdraw_tx)
     say(f"  {winner} withdraws {Money(withdraw_tx.result)}")
 
-    net.advance(60)
+    net.mine(lease.started_at + seconds + 59)
+    net.set_next_timestamp(lease.started_at + seconds + 60)
     say("6. tenant closes the lease early; the rest is refunded")
     close_tx = tenant.close_lease(lease_id)
     step("closeLease", close_tx)

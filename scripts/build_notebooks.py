@@ -182,13 +182,16 @@ runs on CPU), bids on orders it can serve and starts Dask workers for its leases
 """),
     code("""
 import logging
-for name in ("distributed", "jupyter_gpumarket"):  # the agent and its workers log to this kernel
-    logging.getLogger(name).setLevel(logging.ERROR)
 
 from jupyter_gpumarket.chain import Devnet
 from jupyter_gpumarket.cluster.runtime import GpuProfile
 from jupyter_gpumarket.market.pricing import FixedFloor
 from jupyter_gpumarket.market.provider import ProviderAgent
+
+# The agent and its workers log to this kernel; after the imports, since importing
+# distributed sets its own log level.
+for name in ("distributed", "jupyter_gpumarket"):
+    logging.getLogger(name).setLevel(logging.ERROR)
 
 net = Devnet.load()
 account = net.client("provider3")
