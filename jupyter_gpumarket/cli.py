@@ -101,6 +101,9 @@ def _provider_run(args: argparse.Namespace) -> int:
     from .market.provider import ProviderAgent
     from .spec import Money
 
+    simulating = args.simulate_throughput < 1.0 or args.simulate_wrong_rows > 0.0 or args.simulate_wrong_tasks > 0.0
+    if simulating and not args.devnet:  # refused before anything connects or stakes
+        raise InvalidRequest("--simulate-* models a weak or dishonest provider and exists for devnets only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if args.devnet:
         net = Devnet.load(args.state_dir)
@@ -121,12 +124,10 @@ def _provider_run(args: argparse.Namespace) -> int:
     floor = Money.parse(args.price, decimals).amount
     ceiling = Money.parse(args.ceiling, decimals).amount if args.ceiling else None
     behaviour = None
-    if args.simulate_throughput < 1.0 or args.simulate_wrong_rows > 0.0:
-        if not args.devnet:
-            raise InvalidRequest("--simulate-* models a weak or dishonest provider and exists for devnets only")
+    if simulating:
         from .verify.challenge import SimulatedBehaviour
 
-        behaviour = SimulatedBehaviour(args.simulate_throughput, args.simulate_wrong_rows)
+        behaviour = SimulatedBehaviour(args.simulate_throughput, args.simulate_wrong_rows, args.simulate_wrong_tasks)
     if args.index_url or args.find_links or args.no_index:  # where tenants' package sets are built from
         import dask.config
 
@@ -225,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="devnet only: deliver this fraction of the claimed throughput (a cheating provider)")
     provider.add_argument("--simulate-wrong-rows", type=float, default=0.0,
                           help="devnet only: invent this fraction of benchmark results")
+    provider.add_argument("--simulate-wrong-tasks", type=float, default=0.0,
+                          help="devnet only: return (and sign) wrong results for this fraction of tasks")
     provider.set_defaults(func=_provider_run)
 
     watchdog = sub.add_parser("watchdog", help="release leases of dead or idle notebooks")

@@ -111,3 +111,12 @@ def test_deploy_to_dead_rpc_says_so(tmp_path):
                      env={"GPUMARKET_KEYSTORE_PASSWORD": "pw"}, check=False)
     assert proc.returncode == 2
     assert "no chain answers at http://127.0.0.1:9" in proc.stderr
+
+
+def test_simulated_cheating_is_refused_off_the_devnet_before_anything_connects():
+    # The RPC URL points at nothing: the refusal must come first, naming the flag's limit.
+    for flag in ("--simulate-throughput=0.5", "--simulate-wrong-rows=0.1", "--simulate-wrong-tasks=0.3"):
+        proc = gpumarket("provider", "run", "--rpc", "http://127.0.0.1:9", "--market", "0x" + "11" * 20,
+                         "--gpu-model", "NVIDIA H100 80GB HBM3", flag, check=False)
+        assert proc.returncode == 2, proc.stderr
+        assert proc.stderr.strip() == "error: --simulate-* models a weak or dishonest provider and exists for devnets only"
