@@ -46,6 +46,8 @@ from pathlib import Path
 
 from eth_account.messages import encode_defunct
 
+from .processes import process_alive
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS clusters (
     name TEXT PRIMARY KEY, chain_id INTEGER, market TEXT, tenant TEXT,
@@ -263,7 +265,7 @@ class LeaseStore:
         reserved = 0
         for row in db.execute("SELECT amount, pid, host FROM reservations WHERE chain_id=? AND market=? AND tenant=?",
                               (chain_id, market, tenant)):
-            if row[2] != HOST or _pid_alive(row[1]):  # a dead kernel's reservation frees itself
+            if row[2] != HOST or process_alive(row[1]):  # a dead kernel's reservation frees itself
                 reserved += row[0]
         return live + settled + reserved
 
@@ -296,15 +298,3 @@ class LeaseStore:
         if reservation_id is not None:
             with self._db() as db:
                 db.execute("DELETE FROM reservations WHERE id=?", (reservation_id,))
-
-
-def _pid_alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -31,6 +31,7 @@ from eth_account import Account
 from web3 import HTTPProvider, Web3
 
 from ..errors import ChainUnavailable, InvalidRequest
+from ..processes import process_alive
 from . import contracts
 from .accounts import Signer
 from .client import MarketClient
@@ -128,7 +129,7 @@ class Devnet:
         params = params or DevnetParams()
         state = Path(state_dir) if state_dir else default_state_dir()
         existing = cls._read(state)
-        if existing and _alive(existing.pid) and _answers(existing.rpc_url):
+        if existing and process_alive(existing.pid) and _answers(existing.rpc_url):
             raise InvalidRequest(f"a devnet already runs at {existing.rpc_url}; use it, or `gpumarket devnet down` first")
         state.mkdir(parents=True, exist_ok=True)
         port = port or free_port()
@@ -203,13 +204,13 @@ class Devnet:
 
     def stop_agents(self) -> None:
         for pid in self.info.agents.values():
-            if _alive(pid) and _is_ours(pid, "jupyter_gpumarket"):
+            if process_alive(pid) and _is_ours(pid, "jupyter_gpumarket"):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 10
         for pid in self.info.agents.values():
-            while _alive(pid) and time.monotonic() < deadline:
+            while process_alive(pid) and time.monotonic() < deadline:
                 time.sleep(0.05)
-            if _alive(pid):
+            if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
         self.info.agents.clear()
 
@@ -223,10 +224,10 @@ class Devnet:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
-        elif _alive(self.info.pid) and _is_ours(self.info.pid, "anvil"):
+        elif process_alive(self.info.pid) and _is_ours(self.info.pid, "anvil"):
             os.kill(self.info.pid, signal.SIGTERM)
             for _ in range(100):
-                if not _alive(self.info.pid):
+                if not process_alive(self.info.pid):
                     break
                 time.sleep(0.05)
             else:
@@ -397,21 +398,6 @@ def _answers(rpc_url: str) -> bool:
         return True
     except Exception:
         return False
-
-
-def _alive(pid: int | None) -> bool:
-    if not pid:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie (exited, not yet reaped by its parent) is dead for our purpose
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 def _is_ours(pid: int, marker: str) -> bool:
